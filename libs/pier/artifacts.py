@@ -1,0 +1,58 @@
+"""Where sources, environments and images live: the layout the api, builder and runtimes share.
+
+    artifacts/sources/<digest>.tar.gz     uploaded source tarballs, content-addressed
+    artifacts/envs/<env hash>/            Python virtual environments, keyed by the hash of their inputs
+    artifacts/images/<image digest>/      immutable images: code/, runtime/ (the harness), image.json
+
+An image is complete once image.json exists: it is written last, after an atomic rename of the
+whole directory, so a reader never sees half an image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import msgspec
+
+from pier.spec import Entrypoint
+
+
+class ImageManifest(msgspec.Struct, kw_only=True):
+    digest: str
+    code_digest: str
+    env_hash: str
+    python: str  # the interpreter instances run, inside the environment
+    entrypoint: Entrypoint
+    packages: list[str] = msgspec.field(default_factory=list)
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def source(self, digest: str) -> Path:
+        return self.root / "sources" / f"{digest}.tar.gz"
+
+    def env(self, env_hash: str) -> Path:
+        return self.root / "envs" / env_hash
+
+    def image(self, digest: str) -> Path:
+        return self.root / "images" / digest
+
+    def manifest(self, digest: str) -> ImageManifest | None:
+        path = self.image(digest) / "image.json"
+        if not path.exists():
+            return None
+        return msgspec.json.decode(path.read_bytes(), type=ImageManifest)
+
+    def put_source(self, data: bytes) -> str:
+        """Store a source tarball under its digest (once, however often it is uploaded)."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.source(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{digest[:8]}.part")
+            tmp.write_bytes(data)
+            tmp.rename(path)
+        return digest

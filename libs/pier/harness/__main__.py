@@ -1,0 +1,3 @@
+from pier.harness.server import main
+
+main()

@@ -1,0 +1,51 @@
+"""The one runner every service uses: settings, logging, signals, readiness, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import structlog
+import uvloop
+
+from pier import config, telemetry
+from pier.bus import Bus
+from pier.config import Settings
+
+HEALTH_SUBJECT = "pier.health.{service}"
+
+
+async def announce_ready(bus: Bus, service: str) -> None:
+    """Answer health requests on `pier.health.<service>` from now on: the supervisor and
+    `pier status` ask there, and any replica may answer."""
+
+    async def answer(msg: object) -> None:
+        await msg.respond(b"ok")  # type: ignore[attr-defined]
+
+    await bus.nc.subscribe(HEALTH_SUBJECT.format(service=service), cb=answer)
+    structlog.get_logger(service).info("ready")
+
+
+def run(service: str, main: Callable[[Settings], Awaitable[None]]) -> None:
+    """Run `main` until it returns or SIGTERM/SIGINT arrives; cancellation is the stop signal,
+    so `main` cleans up in its `finally` and `async with` blocks."""
+    settings = config.load()
+    log = telemetry.setup(service, settings)
+
+    async def guarded() -> None:
+        task = asyncio.create_task(main(settings))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("stopped")
+
+    try:
+        uvloop.run(guarded())
+    except Exception:
+        log.exception("crashed")
+        sys.exit(1)
