@@ -78,6 +78,7 @@ class PlaceModel(Command, tag="place"):
 
     model_id: str
     version: int
+    version_id: str
     image: str
     entrypoint: Entrypoint
     instances: int = 1
