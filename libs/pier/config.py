@@ -12,7 +12,7 @@ import msgspec
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     home: Path = Path(".pier")
     nats_url: str = "nats://127.0.0.1:4222"
-    database_url: str = "postgresql://pier@127.0.0.1:5432/pier"
+    database_url: str = "postgresql://postgres@127.0.0.1:54329/pier"
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     gateway_host: str = "127.0.0.1"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 import uvloop
@@ -28,7 +29,7 @@ async def announce_ready(bus: Bus, service: str) -> None:
     structlog.get_logger(service).info("ready")
 
 
-def run(service: str, main: Callable[[Settings], Awaitable[None]]) -> None:
+def run(service: str, main: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
     """Run `main` until it returns or SIGTERM/SIGINT arrives; cancellation is the stop signal,
     so `main` cleans up in its `finally` and `async with` blocks."""
     settings = config.load()

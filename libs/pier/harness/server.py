@@ -181,7 +181,7 @@ async def _json_body(request: web.Request) -> Any:
         raise CallError(400, "MalformedJSON", f"the body is not valid JSON: {exc}") from None
 
 
-def _too_large(limit: int) -> web.middleware:
+def _too_large(limit: int) -> Callable[..., Any]:
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
         try:

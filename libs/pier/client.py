@@ -1,0 +1,163 @@
+"""The Python client: the management API and model calls, with no dependency beyond the stdlib.
+
+from pier.client import Client
+pier = Client()                     # reads $PIER_HOME/credentials.json written by `make up`
+pier.call("hello", data={"name": "Ada"})
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+TERMINAL_STATES = frozenset({"running", "failed", "stopped", "terminated", "waiting"})
+
+
+class ApiError(Exception):
+    """An error answer from Pier; `problem` is the parsed body (problem+json or an invocation error)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        detail = problem.get("detail") or problem.get("error", {}).get("message") or problem
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+def credentials_path() -> Path:
+    return Path(os.environ.get("PIER_HOME", ".pier")) / "credentials.json"
+
+
+def pack(path: Path) -> bytes:
+    """A gzip'd tarball of `path` (without .git); `.modelignore` is applied by the builder."""
+    buffer = io.BytesIO()
+
+    def skip_git(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if info.name.split("/")[0] == ".git" else info
+
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for child in sorted(path.iterdir()):
+            tar.add(child, arcname=child.name, filter=skip_git)
+    return buffer.getvalue()
+
+
+class Client:
+    def __init__(self, api_url: str | None = None, token: str | None = None, gateway_url: str | None = None) -> None:
+        saved: dict[str, str] = {}
+        if credentials_path().exists():
+            saved = json.loads(credentials_path().read_text())
+        self.api_url = api_url or os.environ.get("PIER_API_URL") or saved.get("api_url", "http://127.0.0.1:8080")
+        self.gateway_url = (
+            gateway_url or os.environ.get("PIER_GATEWAY_URL") or saved.get("gateway_url", "http://127.0.0.1:8000")
+        )
+        self.token = token or os.environ.get("PIER_TOKEN") or saved.get("token", "")
+
+    # ---- transport ---------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> Any:
+        all_headers = {"Content-Type": content_type, **(headers or {})}
+        request = urllib.request.Request(url, data=body, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                problem = json.loads(raw)
+            except ValueError:
+                problem = {"detail": raw.decode(errors="replace")}
+            raise ApiError(exc.code, problem) from None
+        return json.loads(raw) if raw else None
+
+    def api(self, method: str, path: str, payload: Any = None) -> Any:
+        body = None if payload is None else json.dumps(payload).encode()
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return self._request(method, f"{self.api_url}/v1{path}", body, headers=auth)
+
+    # ---- management --------------------------------------------------------------------------
+
+    def upload_source(self, path: Path) -> str:
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        answer = self._request(
+            "POST", f"{self.api_url}/v1/sources", pack(path), "application/gzip", headers=auth, timeout=600
+        )
+        return str(answer["digest"])
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self.api("GET", "/models"))
+
+    def model(self, ref: str) -> dict[str, Any]:
+        return dict(self.api("GET", f"/models/{ref}"))
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self.model(ref)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def create_model(self, **spec: Any) -> dict[str, Any]:
+        return dict(self.api("POST", "/models", spec))
+
+    def create_version(self, ref: str, **spec: Any) -> int:
+        return int(self.api("POST", f"/models/{ref}/versions", spec)["number"])
+
+    def wait(self, ref: str, version: int, timeout: float = 600.0, on_change: Any = None) -> dict[str, Any]:
+        """Poll until `version` serves, fails, or the model API settles in another state."""
+        deadline = time.monotonic() + timeout
+        last: tuple[str, str] | None = None
+        while True:
+            model = self.model(ref)
+            mine = next((v for v in model["versions"] if v["number"] == version), None)
+            seen = (model["state"], mine["state"] if mine else "")
+            if seen != last and on_change:
+                on_change(model, mine)
+            last = seen
+            if mine and mine["state"] == "failed":
+                return model
+            if model["latest"] == version and model["state"] == "running":
+                return model
+            if model["state"] in TERMINAL_STATES - {"running"}:
+                return model
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"version {version} of {ref} did not settle within {timeout:g} s")
+            time.sleep(0.2)
+
+    # ---- calling a model API -----------------------------------------------------------------
+
+    def call(
+        self,
+        ref: str,
+        data: dict[str, Any] | None = None,
+        parameters: list[Any] | None = None,
+        label: str | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """Call `/model` Domino-style; returns the whole envelope (`result`, `request_id`, `release`, ...)."""
+        payload = {"data": data} if parameters is None else {"parameters": parameters}
+        where = f"labels/{label}" if label else "latest"
+        headers = {}
+        if token:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{token}:{token}".encode()).decode()
+        return dict(
+            self._request(
+                "POST", f"{self.gateway_url}/models/{ref}/{where}/model", json.dumps(payload).encode(), headers=headers
+            )
+        )

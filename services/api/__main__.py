@@ -1,0 +1,44 @@
+"""The api service: management REST API, event folding, outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from pier import bus, db, outbox
+from pier.config import Settings
+from pier.events import AnyEvent
+from pier.service import announce_ready, run
+from services.api import app, auth, routing
+from services.api.lifecycle import CHANNEL, Lifecycle
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+EVENT_TYPES = list(AnyEvent.__args__)
+
+
+async def main(settings: Settings) -> None:
+    async with bus.connect(settings, "api") as b:
+        pool = await db.create_pool(settings, "api")
+        try:
+            await db.migrate(pool, MIGRATIONS)
+            await auth.ensure_admin(pool, settings.admin_token)
+            lifecycle = Lifecycle(pool, b, settings)
+            await routing.publish_all(b, pool)
+            runner = web.AppRunner(app.build(pool, lifecycle, settings), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+            try:
+                await announce_ready(b, "api")
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(outbox.Relay(pool, b, CHANNEL).run())
+                    tg.create_task(b.consume(EVENT_TYPES, lifecycle.handle, durable="api"))
+            finally:
+                await runner.cleanup()
+        finally:
+            await pool.close()
+
+
+if __name__ == "__main__":
+    run("api", main)

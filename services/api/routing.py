@@ -1,0 +1,52 @@
+"""Publishing what the gateway must know about a model API to the `pier_routes` bucket.
+
+The record is derived from PostgreSQL every time, so publishing is idempotent and a crash between
+a commit and a publish is repaired by the next publish (and by `publish_all` at start)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import asyncpg
+import msgspec
+import nats.js.errors
+
+from pier import events
+from pier.bus import Bus
+from pier.events import RouteRecord, VersionRoute
+from pier.spec import Entrypoint
+
+
+async def publish(bus: Bus, conn: asyncpg.Connection, model_id: str) -> None:
+    kv = await bus.kv(events.ROUTES_BUCKET)
+    row = await conn.fetchrow("SELECT * FROM models WHERE id = $1", model_id)
+    if row is None or row["state"] == "terminated":
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await kv.delete(model_id)
+        return
+    serving = {row["latest"]} - {None}
+    versions = await conn.fetch(
+        "SELECT number, id, entrypoint FROM versions WHERE model_id = $1 AND number = ANY($2::int[])",
+        model_id,
+        list(serving),
+    )
+    record = RouteRecord(
+        model_id=model_id,
+        name=row["name"],
+        access=row["access"],
+        latest=row["latest"],
+        request_timeout=row["request_timeout"],
+        versions={
+            str(v["number"]): VersionRoute(
+                number=v["number"], id=v["id"], entrypoint=msgspec.json.decode(v["entrypoint"], type=Entrypoint)
+            )
+            for v in versions
+        },
+    )
+    await kv.put(model_id, events.encode(record))
+
+
+async def publish_all(bus: Bus, pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        for row in await conn.fetch("SELECT id FROM models"):
+            await publish(bus, conn, row["id"])

@@ -1,0 +1,68 @@
+"""Reading model APIs, versions and instances from PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+
+from pier.spec import Entrypoint
+from services.api.errors import NotFound
+from services.api.schemas import InstanceOut, ModelOut, VersionOut
+
+
+async def resolve(conn: asyncpg.Connection, ref: str, *, lock: bool = False) -> asyncpg.Record:
+    """A model API by id or name; NotFound names what was asked for."""
+    suffix = " FOR UPDATE" if lock else ""
+    row = await conn.fetchrow(f"SELECT * FROM models WHERE id = $1 OR name = $1{suffix}", ref)
+    if row is None:
+        raise NotFound(f"no model API with id or name {ref!r}")
+    return row
+
+
+def _version(row: asyncpg.Record) -> VersionOut:
+    return VersionOut(
+        number=row["number"],
+        id=row["id"],
+        source=row["source"],
+        state=row["state"],
+        reason=row["reason"],
+        image=row["image"],
+        packages=msgspec.json.decode(row["packages"]),
+        entrypoint=msgspec.json.decode(row["entrypoint"], type=Entrypoint),
+        created_by=row["created_by"],
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: str) -> ModelOut:
+    versions = await conn.fetch("SELECT * FROM versions WHERE model_id = $1 ORDER BY number DESC", row["id"])
+    instances = await conn.fetch(
+        "SELECT * FROM instances WHERE model_id = $1 AND state <> 'stopped' ORDER BY instance_id", row["id"]
+    )
+    return ModelOut(
+        id=row["id"],
+        name=row["name"],
+        owner=row["owner"],
+        state=row["state"],
+        reason=row["reason"],
+        access=row["access"],
+        instances=row["instances"],
+        workers=row["workers"],
+        request_timeout=row["request_timeout"],
+        latest=row["latest"],
+        target=row["target"],
+        url=f"{gateway_url}/models/{row['id']}/latest/model",
+        created_at=row["created_at"].isoformat(),
+        updated_at=row["updated_at"].isoformat(),
+        versions=[_version(v) for v in versions],
+        running_instances=[
+            InstanceOut(
+                instance_id=i["instance_id"],
+                version=i["version"],
+                state=i["state"],
+                address=i["address"],
+                reason=i["reason"],
+            )
+            for i in instances
+        ],
+    )
