@@ -4,8 +4,9 @@
     artifacts/envs/<env hash>/            Python virtual environments, keyed by the hash of their inputs
     artifacts/images/<image digest>/      immutable images: code/, runtime/ (the harness), image.json
 
-An image is complete once image.json exists: it is written last, after an atomic rename of the
-whole directory, so a reader never sees half an image.
+An image or environment is assembled in a temporary folder beside its final place, its marker
+(image.json, .pier-env.json) written last, then renamed into place: the rename is the commit, so
+a reader never sees half an image, and a final folder without its marker is crash debris.
 """
 
 from __future__ import annotations

@@ -52,6 +52,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return f"http://{self.gateway_host}:{self.gateway_port}"
 
 
+def _decode(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(f"cannot read {kind}")
+
+
 def load(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Read PIER_<FIELD> variables; a bad value is an error naming the variable."""
     source = os.environ if env is None else env
@@ -62,7 +68,7 @@ def load(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
             raw[field.name] = value
     raw.update(overrides)
     try:
-        settings = msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
     except msgspec.ValidationError as exc:
         raise SystemExit(f"invalid setting: {exc} (from PIER_* environment variables)") from None
     return msgspec.structs.replace(settings, home=settings.home.absolute())

@@ -1,0 +1,3 @@
+from pier.cli import main
+
+main()

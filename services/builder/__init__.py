@@ -1,0 +1,1 @@
+"""The builder: turns an uploaded source into an immutable image (code + Python environment)."""

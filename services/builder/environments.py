@@ -1,0 +1,148 @@
+"""Python environments built with uv, one per distinct set of inputs, shared by every image that needs it.
+
+An environment is built in a temporary sibling folder and renamed into place once its completion
+marker is written, so `envs/<hash>/` either holds a whole environment or does not exist. uv's
+venvs survive the rename: the interpreter is a link to the base Python, and `--relocatable`
+keeps the scripts in bin/ path-independent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from pier.artifacts import Store
+from services.builder import atomic
+from services.builder.errors import BuildError
+from services.builder.processes import LineSink, ProcessTimeout, run
+
+MARKER = ".pier-env.json"
+# What the harness imports inside an instance, pinned to the platform's own versions so the
+# harness runs against what it was tested with.
+HARNESS_PACKAGES = ("aiohttp", "msgspec")
+
+
+class _Marker(msgspec.Struct):
+    packages: list[str]
+
+
+@dataclass(frozen=True)
+class Environment:
+    hash: str
+    path: Path
+    packages: list[str]
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+
+def python_version() -> str:
+    return ".".join(str(part) for part in sys.version_info[:3])
+
+
+def harness_requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in HARNESS_PACKAGES]
+
+
+def env_hash(python: str, requirements: str | None, harness: Sequence[str]) -> str:
+    """The identity of an environment: same inputs, same hash, one shared folder."""
+    inputs = {"python": python, "requirements": requirements, "harness": sorted(harness)}
+    return hashlib.sha256(msgspec.json.encode(inputs, order="sorted")).hexdigest()
+
+
+def hash_for(requirements: Path | None) -> str:
+    """The environment hash for this platform and a source's requirements.txt (if any). Blocking."""
+    text = requirements.read_text(encoding="utf-8", errors="replace") if requirements else None
+    return env_hash(python_version(), text, harness_requirements())
+
+
+def uv_binary() -> str:
+    return shutil.which("uv", path=str(Path(sys.executable).parent)) or "uv"
+
+
+def uv_error(lines: Sequence[str]) -> str:
+    """What went wrong, in one line, from uv's plain (NO_COLOR) output: its `error:` line and the
+    innermost `cause:` beneath it, which is usually the one naming the package."""
+    stripped = [line.strip() for line in lines if line.strip()]
+    for i, line in enumerate(stripped):
+        if line.startswith("error:"):
+            error = line.removeprefix("error:").strip()
+            causes = [c.removeprefix("cause:").strip() for c in stripped[i + 1 :] if c.startswith("cause:")]
+            return f"{error.rstrip(':')}: {causes[-1]}" if causes else error
+    return stripped[-1] if stripped else "uv exited with an error and no output"
+
+
+class Environments:
+    def __init__(self, store: Store, timeout: float) -> None:
+        self.store = store
+        self.timeout = timeout
+        # Builds in this process that need the same environment wait for one another instead of
+        # both running uv; other processes are kept apart by the rename.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def ensure(self, digest: str, requirements: Path | None, on_line: LineSink) -> Environment:
+        """The environment `digest` (from `hash_for(requirements)`), built now unless it exists."""
+        final = self.store.env(digest)
+        async with self._locks.setdefault(digest, asyncio.Lock()):
+            packages = await asyncio.to_thread(_read_marker, final)
+            if packages is not None:
+                await on_line(f"environment {digest[:12]} cached")
+                return Environment(digest, final, packages)
+            await on_line(f"creating environment {digest[:12]}")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = atomic.temp_beside(final, digest[:12])
+            try:
+                packages = await self._create(tmp, requirements, on_line)
+                if not await asyncio.to_thread(atomic.rename_into_place, tmp, final, MARKER):
+                    packages = await asyncio.to_thread(_read_marker, final) or packages
+            finally:
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+            await on_line(f"environment {digest[:12]} ready with {len(packages)} packages")
+            return Environment(digest, final, packages)
+
+    async def _create(self, tmp: Path, requirements: Path | None, on_line: LineSink) -> list[str]:
+        python = str(tmp / "bin" / "python")
+        await self._uv(["venv", "--relocatable", "--python", sys.executable, str(tmp)], on_line, "creating the venv")
+        install = ["pip", "install", "--python", python]
+        if requirements:
+            install += ["-r", str(requirements)]
+        await self._uv([*install, *harness_requirements()], on_line, "installing requirements")
+
+        async def quiet(_: str) -> None:
+            return None
+
+        frozen = await self._uv(["pip", "freeze", "--python", python], quiet, "listing packages")
+        packages = [line.strip() for line in frozen if line.strip() and not line.startswith("#")]
+        await asyncio.to_thread((tmp / MARKER).write_bytes, msgspec.json.encode(_Marker(packages=packages)))
+        return packages
+
+    async def _uv(self, args: list[str], on_line: LineSink, doing: str) -> list[str]:
+        # The builder's own settings (the admin token among them) stay out of reach of package
+        # builds, which run arbitrary setup code.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIER_")}
+        env.update(NO_COLOR="1", UV_NO_PROGRESS="1")
+        # cwd is the store, not the user's code, so a uv.toml shipped in a source is never picked up.
+        try:
+            finished = await run([uv_binary(), *args], on_line, timeout=self.timeout, cwd=self.store.root, env=env)
+        except ProcessTimeout as exc:
+            raise BuildError(f"{doing} {exc}") from None
+        if finished.returncode != 0:
+            raise BuildError(f"{doing} failed: {uv_error(finished.lines)}")
+        return finished.lines
+
+
+def _read_marker(path: Path) -> list[str] | None:
+    try:
+        return msgspec.json.decode((path / MARKER).read_bytes(), type=_Marker).packages
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,160 @@
+"""The StartBuild handler: source -> checks -> environment -> image, reported as events and a build log.
+
+A build's outcome is always an event: BuildSucceeded, or BuildFailed with one clear line.
+Only infrastructure trouble (the bus, a full disk) raises, so the command comes back later.
+Every event id derives from the command's, so a redelivered command publishes the same
+events and JetStream drops the copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from pier.artifacts import ImageManifest, Store
+from pier.bus import Bus
+from pier.config import Settings
+from pier.events import BuildFailed, BuildStarted, BuildSucceeded, StartBuild
+from services.builder import atomic, checks, environments, images, sources
+from services.builder.environments import Environments
+from services.builder.errors import BuildError
+
+logger = structlog.get_logger("builder")
+_MAX_REASON = 500
+
+
+class BuildLog:
+    """The build log of one version, line by line as the build runs."""
+
+    def __init__(self, bus: Bus, model_id: str, version: int) -> None:
+        self.bus, self.model_id, self.version = bus, model_id, version
+
+    async def __call__(self, line: str) -> None:
+        await self.bus.log(self.model_id, "build", line, version=self.version)
+
+
+class Builder:
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.store = Store(settings.artifacts)
+        self.environments = Environments(self.store, settings.build_timeout)
+
+    async def sweep(self) -> None:
+        """Clear work folders that builders killed mid-build left behind."""
+        for folder in (_folder_of(self.store.image), _folder_of(self.store.env)):
+            removed = await asyncio.to_thread(atomic.sweep, folder, 2 * self.settings.build_timeout)
+            if removed:
+                logger.info("removed stale work folders", folder=str(folder), count=removed)
+
+    async def handle(self, cmd: StartBuild) -> None:
+        log = logger.bind(model_id=cmd.model_id, version=cmd.version)
+        say = BuildLog(self.bus, cmd.model_id, cmd.version)
+        await self.bus.publish(BuildStarted(id=cmd.derived_id("started"), model_id=cmd.model_id, version=cmd.version))
+        await say(f"build started from source {cmd.source[:12]}")
+        log.info("build started", source=cmd.source)
+        limit = asyncio.timeout(self.settings.build_timeout)
+        try:
+            async with limit:
+                manifest = await self._build(cmd, say)
+        except BuildError as exc:
+            reason = _one_line(str(exc))
+        except TimeoutError:
+            if not limit.expired():
+                raise  # a bus or network timeout inside: infrastructure, so retried
+            reason = f"the build took longer than {self.settings.build_timeout:g} s"
+        else:
+            await say(f"build succeeded: image {manifest.digest[:12]}")
+            log.info("build succeeded", image=manifest.digest)
+            await self.bus.publish(
+                BuildSucceeded(
+                    id=cmd.derived_id("succeeded"),
+                    model_id=cmd.model_id,
+                    version=cmd.version,
+                    image=manifest.digest,
+                    packages=manifest.packages,
+                )
+            )
+            return
+        await say(f"build failed: {reason}")
+        log.info("build failed", reason=reason)
+        await self.bus.publish(
+            BuildFailed(id=cmd.derived_id("failed"), model_id=cmd.model_id, version=cmd.version, reason=reason)
+        )
+
+    async def _build(self, cmd: StartBuild, say: BuildLog) -> ImageManifest:
+        await asyncio.to_thread(_folder_of(self.store.image).mkdir, parents=True, exist_ok=True)
+        work = atomic.temp_beside(self.store.image("-"), f"v{cmd.version}")
+        code = work / "code"
+        try:
+            await asyncio.to_thread(code.mkdir, parents=True)
+            extracted = await asyncio.to_thread(
+                sources.extract, self.store.source(cmd.source), code, self.settings.max_source_bytes
+            )
+            await say(f"source unpacked: {extracted.files} files, {_size(extracted.size)}")
+            if (code / sources.IGNORE_FILE).is_file():
+                await say(
+                    f"{sources.IGNORE_FILE} excluded {extracted.excluded_files} files, {_size(extracted.excluded_size)}"
+                )
+            requirements = code / "requirements.txt"
+            requirements_file = requirements if requirements.is_file() else None
+            code_digest = await asyncio.to_thread(sources.tree_digest, code)
+            env_hash = await asyncio.to_thread(environments.hash_for, requirements_file)
+            digest = images.image_digest(code_digest, env_hash, cmd.entrypoint)
+
+            existing = await asyncio.to_thread(self.store.manifest, digest)
+            if existing is not None:
+                await say(f"image {digest[:12]} already built")
+                return existing
+
+            problem = await asyncio.to_thread(checks.static_problem, code, cmd.entrypoint)
+            if problem:
+                raise BuildError(problem)
+            env = await self.environments.ensure(env_hash, requirements_file, say)
+            runtime = work / "runtime"
+            await asyncio.to_thread(images.copy_runtime, runtime)
+            await say(f"checking that {cmd.entrypoint.file} imports")
+            problem = await checks.import_problem(
+                env.python, runtime, code, cmd.entrypoint, self.settings.build_import_timeout, say
+            )
+            if problem:
+                raise BuildError(problem)
+            manifest = ImageManifest(
+                digest=digest,
+                code_digest=code_digest,
+                env_hash=env_hash,
+                python=str(env.python),
+                entrypoint=cmd.entrypoint,
+                packages=env.packages,
+            )
+            if not await asyncio.to_thread(images.commit, work, self.store.image(digest), manifest):
+                await say(f"image {digest[:12]} was built concurrently; using that one")
+            return manifest
+        finally:
+            # After a successful commit the folder has moved and there is nothing left to remove.
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def _folder_of(path_for: Callable[[str], Path]) -> Path:
+    # The layout belongs to Store: ask it where a key would go rather than repeat its folder names.
+    return path_for("-").parent
+
+
+def _one_line(reason: str) -> str:
+    line = " ".join(reason.split())
+    return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 1] + "…"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    size = n / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

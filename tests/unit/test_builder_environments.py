@@ -1,0 +1,67 @@
+"""Environment identity, uv's error lines, and the image digest."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from pier.spec import Entrypoint
+from services.builder.environments import env_hash, harness_requirements, uv_error
+from services.builder.images import image_digest, runtime_files
+
+HARNESS = ["aiohttp==3.10.0", "msgspec==0.19.0"]
+
+
+def test_env_hash_is_stable_for_the_same_inputs() -> None:
+    assert env_hash("3.11.7", "six\n", HARNESS) == env_hash("3.11.7", "six\n", list(reversed(HARNESS)))
+
+
+def test_env_hash_changes_with_each_input() -> None:
+    base = env_hash("3.11.7", "six\n", HARNESS)
+    others = {
+        env_hash("3.12.1", "six\n", HARNESS),
+        env_hash("3.11.7", "six==1.16\n", HARNESS),
+        env_hash("3.11.7", None, HARNESS),
+        env_hash("3.11.7", "", HARNESS),
+        env_hash("3.11.7", "six\n", ["aiohttp==3.11.0", "msgspec==0.19.0"]),
+    }
+    assert base not in others
+    assert len(others) == 5
+
+
+def test_harness_requirements_pin_the_platforms_versions() -> None:
+    assert harness_requirements() == [
+        f"aiohttp=={importlib.metadata.version('aiohttp')}",
+        f"msgspec=={importlib.metadata.version('msgspec')}",
+    ]
+
+
+def test_uv_error_joins_the_error_with_its_innermost_cause() -> None:
+    output = [
+        "Using Python 3.11.7 environment at: /tmp/env",
+        "error: No solution found when resolving dependencies",
+        "  cause: Because nosuchpkg was not found in the package registry, your requirements are unsatisfiable.",
+    ]
+    assert uv_error(output) == (
+        "No solution found when resolving dependencies: "
+        "Because nosuchpkg was not found in the package registry, your requirements are unsatisfiable."
+    )
+
+
+def test_uv_error_without_an_error_line_uses_the_last_line() -> None:
+    assert uv_error(["Resolved 3 packages", "killed", ""]) == "killed"
+    assert uv_error([]) == "uv exited with an error and no output"
+
+
+def test_image_digest_covers_code_environment_and_entrypoint() -> None:
+    entrypoint = Entrypoint(file="predict.py", function="predict")
+    base = image_digest("c" * 64, "e" * 64, entrypoint)
+    assert base == image_digest("c" * 64, "e" * 64, Entrypoint(file="predict.py", function="predict"))
+    assert base != image_digest("d" * 64, "e" * 64, entrypoint)
+    assert base != image_digest("c" * 64, "f" * 64, entrypoint)
+    assert base != image_digest("c" * 64, "e" * 64, Entrypoint(file="predict.py", function="other"))
+
+
+def test_runtime_ships_the_harness_and_spec_but_not_the_platform() -> None:
+    shipped = {relative for _, relative in runtime_files()}
+    assert {"pier/__init__.py", "pier/spec.py", "pier/harness/loader.py", "pier/harness/server.py"} <= shipped
+    assert "pier/bus.py" not in shipped
