@@ -1,0 +1,1 @@
+"""Health checks: probes each instance, marks it ready or unhealthy, asks for restarts."""
