@@ -53,7 +53,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def _decode(kind: type, value: Any) -> Any:
-    if kind is Path and isinstance(value, str):
+    if kind is Path and isinstance(value, str | os.PathLike):
         return Path(value)
     raise NotImplementedError(f"cannot read {kind}")
 

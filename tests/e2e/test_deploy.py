@@ -78,6 +78,7 @@ async def test_kill_9_of_a_service_during_a_deploy_loses_nothing(platform: Platf
     os.kill(service.proc.pid, signal.SIGKILL)
     service.proc.wait()
     service.start()
+    await platform.wait_healthy()
     model = client.wait("sturdy", 1, timeout=120)
     assert model["state"] == "running", model
     assert client.call("sturdy", data={"name": "again"})["result"]["greeting"] == "Hello, again!"

@@ -1,0 +1,41 @@
+"""`python -m services.scheduler`: wires the bus, the database, the controller and its loops."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pier import bus, db, outbox
+from pier.config import Settings
+from pier.events import PlaceModel, RestartInstance, StopModel
+from pier.service import announce_ready, run
+from services.scheduler.controller import OUTBOX_CHANNEL, Controller
+from services.scheduler.logship import LogShipper
+from services.scheduler.runtimes.local import LocalRuntime
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def main(settings: Settings) -> None:
+    async with bus.connect(settings, "scheduler") as b:
+        pool = await db.create_pool(settings, "scheduler")
+        try:
+            await db.migrate(pool, MIGRATIONS)
+            controller = Controller(pool, b, LocalRuntime(settings))
+            await controller.reconcile()
+            await announce_ready(b, "scheduler")
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(outbox.Relay(pool, b, OUTBOX_CHANNEL).run())
+                tg.create_task(
+                    b.consume(
+                        [PlaceModel, StopModel, RestartInstance], controller.handle, durable="scheduler", concurrency=1
+                    )
+                )
+                tg.create_task(controller.watch())
+                tg.create_task(LogShipper(pool, b, settings.home).run())
+        finally:
+            await pool.close()
+
+
+if __name__ == "__main__":
+    run("scheduler", main)

@@ -1,0 +1,359 @@
+"""The local runtime driver: each instance is an OS process on this host, in a session of its own.
+
+Layout under `<home>/instances/<instance_id>/`:
+
+    work/          a fresh copy of the image's code/ for each run (nothing a run writes survives it)
+    instance.log   stdout and stderr of every run, appended
+    pid            JSON {pid, start_time, port} of the current run
+
+A process is identified by its pid *and* its start time (field 22 of /proc/<pid>/stat, in clock
+ticks since boot), so a pid the kernel has recycled for some other program is never adopted or
+signalled. Instances run with `start_new_session=True`: they outlive a scheduler crash, and the
+session's process group lets one signal reach the harness's worker processes too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from pier.artifacts import Store
+from pier.config import Settings
+from pier.spec import Entrypoint
+
+log = structlog.get_logger("scheduler.local")
+
+STOP_TIMEOUT = 10.0
+_POLL = 0.05
+
+
+class InstanceSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything needed to start one instance; the same spec starts it again after a restart."""
+
+    instance_id: str
+    model_id: str
+    version: int
+    version_id: str
+    image: str
+    entrypoint: Entrypoint
+    workers: int = 1
+    request_timeout: float = 60.0
+    # Devices chosen by placement, handed over as CUDA_VISIBLE_DEVICES; none means no GPU at all.
+    gpu_devices: tuple[str, ...] = ()
+
+
+class Handle(msgspec.Struct, kw_only=True, frozen=True):
+    """One run of an instance: the process and where it listens."""
+
+    pid: int
+    start_time: int
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class Exit(msgspec.Struct, kw_only=True, frozen=True):
+    """How a run ended. `status` is None when the process was not our child (adopted after a
+    scheduler restart): only a parent can learn a process's exit status."""
+
+    status: int | None
+
+    def describe(self) -> str:
+        if self.status is None:
+            return "exited with status unknown"
+        if self.status < 0:
+            try:
+                name = signal.Signals(-self.status).name
+            except ValueError:
+                name = f"signal {-self.status}"
+            return f"exited with status {self.status} ({name})"
+        return f"exited with status {self.status}"
+
+
+class StartError(Exception):
+    """An instance could not be started (missing image, unusable interpreter, ...)."""
+
+
+class LocalRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.store = Store(settings.artifacts)
+        # Popen objects of the runs this process started: kept so we, not subprocess's own
+        # clean-up, reap them, and so their exit status can be read.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return instances_root(self.home) / instance_id
+
+    def log_path(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "instance.log"
+
+    async def start(self, spec: InstanceSpec) -> Handle:
+        """Start a run from the image: a fresh work dir, a free port, a new session.
+        Returns once the process exists; readiness is the monitor's business."""
+        manifest = self.store.manifest(spec.image)
+        if manifest is None:
+            raise StartError(f"image {spec.image} does not exist (no image.json in {self.store.image(spec.image)})")
+        image_dir = self.store.image(spec.image)
+        directory = self.instance_dir(spec.instance_id)
+        work = directory / "work"
+        try:
+            await asyncio.to_thread(_fresh_copy, image_dir / "code", work)
+        except OSError as exc:
+            raise StartError(f"could not prepare the work dir from image {spec.image}: {exc}") from exc
+        port = _free_port()
+        env = {
+            **_base_env(),
+            "PYTHONPATH": str(image_dir / "runtime"),
+            "PYTHONUNBUFFERED": "1",
+            "PIER_WORKING_DIR": str(work),
+            "PIER_ENTRYPOINT": msgspec.json.encode(spec.entrypoint).decode(),
+            "PIER_PORT": str(port),
+            "PIER_WORKERS": str(spec.workers),
+            "PIER_REQUEST_TIMEOUT": str(spec.request_timeout),
+            "PIER_MODEL_VERSION_ID": spec.version_id,
+            "PIER_MODEL_VERSION_NUMBER": str(spec.version),
+            "PIER_INSTANCE_ID": spec.instance_id,
+            "PIER_MAX_BODY_BYTES": str(self.settings.max_body_bytes),
+            "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_devices),
+        }
+        argv = [manifest.python, "-m", "pier.harness"]
+        try:
+            proc = await asyncio.to_thread(_spawn, argv, env, work, self.log_path(spec.instance_id))
+        except OSError as exc:
+            raise StartError(f"could not run {manifest.python}: {exc}") from exc
+        start_time = _stat(proc.pid)
+        # A child that has not been reaped keeps its /proc entry, so its start time is readable.
+        assert start_time is not None
+        handle = Handle(pid=proc.pid, start_time=start_time.start_time, port=port)
+        self._children[spec.instance_id] = proc
+        _write_pid_file(directory / "pid", handle)
+        log.info("instance started", instance_id=spec.instance_id, pid=proc.pid, port=port)
+        return handle
+
+    def find(self, instance_id: str) -> Handle | None:
+        """The live run of an instance, from its pid file, or None when there is none."""
+        handle = _read_pid_file(self.instance_dir(instance_id) / "pid")
+        if handle is None or not _alive(handle.pid, handle.start_time):
+            return None
+        return handle
+
+    def poll(self, instance_id: str, handle: Handle) -> Exit | None:
+        """None while the run lives; how it ended once it has."""
+        proc = self._children.get(instance_id)
+        if proc is not None and proc.pid == handle.pid:
+            status = proc.poll()
+            return None if status is None else Exit(status=status)
+        return None if _alive(handle.pid, handle.start_time) else Exit(status=None)
+
+    async def stop(self, instance_id: str) -> bool:
+        """Stop the instance's run, if any (SIGTERM to its group, SIGKILL after 10 s), and remove
+        its work dir. True when a live process was stopped. Safe to call again."""
+        directory = self.instance_dir(instance_id)
+        proc = self._children.pop(instance_id, None)
+        stopped = await asyncio.to_thread(_stop_recorded, directory, STOP_TIMEOUT)
+        if proc is not None:
+            # Reap our child so it does not linger as a zombie; it is already dead or dying.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
+        await asyncio.to_thread(shutil.rmtree, directory / "work", True)
+        if stopped:
+            log.info("instance stopped", instance_id=instance_id)
+        return stopped
+
+    def last_line(self, instance_id: str) -> str:
+        return last_line(self.log_path(instance_id))
+
+
+def instances_root(home: Path) -> Path:
+    return home / "instances"
+
+
+def stop_all(home: Path, timeout: float = STOP_TIMEOUT) -> int:
+    """Stop every instance process recorded under `<home>/instances`, all at once, and return
+    how many were running. For the `make up` supervisor at Ctrl-C, so no process is left behind;
+    the scheduler's reconcile starts them again at the next start."""
+    root = instances_root(home)
+    targets: list[tuple[Path, Handle]] = []
+    running = 0
+    for pid_file in sorted(root.glob("*/pid")):
+        handle = _read_pid_file(pid_file)
+        if handle is not None and _owned(handle.pid, handle.start_time):
+            targets.append((pid_file, handle))
+            running += _alive(handle.pid, handle.start_time)
+    for _, handle in targets:
+        _signal_group(handle, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_group_members(h.pid) for _, h in targets):
+        time.sleep(_POLL)
+    for _, handle in targets:
+        if _group_members(handle.pid):
+            _signal_group(handle, signal.SIGKILL)
+    for pid_file, handle in targets:
+        _wait_gone(handle.pid, 5.0)
+        pid_file.unlink(missing_ok=True)
+    return running
+
+
+def last_line(path: Path, window: int = 65536) -> str:
+    """The last non-empty line of a log file: for an import error, the exception itself."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - window))
+            tail = f.read()
+    except FileNotFoundError:
+        return ""
+    for line in reversed(tail.decode(errors="replace").splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+# ---- processes ----------------------------------------------------------------------------------
+
+
+class _Stat(msgspec.Struct, frozen=True):
+    state: str
+    pgrp: int
+    start_time: int
+
+
+def _stat(pid: int) -> _Stat | None:
+    """The fields of /proc/<pid>/stat we need, or None when there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return _Stat(state=fields[0], pgrp=int(fields[2]), start_time=int(fields[19]))
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat.start_time == start_time and stat.state not in ("Z", "X")
+
+
+def _owned(pid: int, start_time: int) -> bool:
+    """May we signal the process group `pid`? Yes if its leader is our process (same start time),
+    or if no process has that pid any more: the kernel does not reuse a pid while a process group
+    still carries it, so any survivors in that group are ours."""
+    stat = _stat(pid)
+    return stat is None or stat.start_time == start_time
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
+                members.append(int(entry.name))
+    return members
+
+
+def _signal_group(handle: Handle, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(handle.pid, sig)
+
+
+def _wait_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL)
+    return True
+
+
+def _stop_recorded(directory: Path, timeout: float) -> bool:
+    pid_file = directory / "pid"
+    handle = _read_pid_file(pid_file)
+    if handle is None:
+        return False
+    if not _owned(handle.pid, handle.start_time):
+        # The pid now belongs to some other program: ours is long gone.
+        pid_file.unlink(missing_ok=True)
+        return False
+    was_alive = _alive(handle.pid, handle.start_time)
+    # Even with the leader dead, its worker processes may still be running in its group.
+    if _group_members(handle.pid):
+        _signal_group(handle, signal.SIGTERM)
+        if not _wait_gone(handle.pid, timeout):
+            _signal_group(handle, signal.SIGKILL)
+            _wait_gone(handle.pid, 5.0)
+    pid_file.unlink(missing_ok=True)
+    return was_alive
+
+
+def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting {' '.join(argv)}\n".encode())
+        out.flush()
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _base_env() -> dict[str, str]:
+    """The little of the scheduler's environment an instance should see: no PIER_* settings
+    (they hold the database URL and the admin token), no virtualenv of the platform."""
+    keep = (
+        "PATH",
+        "HOME",
+        "USER",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        "LD_LIBRARY_PATH",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    )
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _fresh_copy(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target, symlinks=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_pid_file(path: Path, handle: Handle) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.encode(handle))
+    tmp.replace(path)
+
+
+def _read_pid_file(path: Path) -> Handle | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Handle)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
