@@ -348,7 +348,11 @@ async def test_stop_all_leaves_no_instance_process(settings: Settings) -> None:
         await s.bus.publish(place(image, instances=2, workers=2))
         await until(lambda: _at_least(s.records(), 2), within=30)
         leaders = [r["pid"] for r in await s.rows()]
-        await until(lambda: all(len(_group(pid)) == 3 for pid in leaders), within=30)  # leader + 2 workers
+        try:
+            await until(lambda: all(len(_group(pid)) == 3 for pid in leaders), within=30)  # leader + 2 workers
+        except TimeoutError:
+            logs = [p.read_text() for p in (settings.home / "instances").glob("*/instance.log")]
+            raise AssertionError(f"process groups {[_group(p) for p in leaders]}; logs: {logs}") from None
         members = [pid for leader in leaders for pid in _group(leader)]
         assert await asyncio.to_thread(stop_all, settings.home) == 2
         assert not any(running(pid) for pid in members)
