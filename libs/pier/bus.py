@@ -136,17 +136,23 @@ class Bus:
         sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         decoder = msgspec.json.Decoder(_union(types))
         slots = asyncio.Semaphore(concurrency)
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                await slots.acquire()
-                slots.release()
-                try:
-                    msgs = await sub.fetch(concurrency, timeout=5.0)
-                except nats.errors.TimeoutError:
-                    continue
-                for msg in msgs:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
                     await slots.acquire()
-                    tg.create_task(self._handle(msg, decoder, handler, slots, ack_wait))
+                    slots.release()
+                    try:
+                        msgs = await sub.fetch(1, timeout=5.0)
+                    except (nats.errors.TimeoutError, TimeoutError):
+                        continue
+                    for msg in msgs:
+                        await slots.acquire()
+                        tg.create_task(self._handle(msg, decoder, handler, slots, ack_wait))
+        finally:
+            # A pull subscription cancelled mid-fetch would otherwise hold the connection's drain
+            # for its whole timeout.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _handle(
         self,
@@ -202,6 +208,7 @@ async def connect(settings: Settings, name: str) -> AsyncIterator[Bus]:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        drain_timeout=5,
     )
     bus = Bus(nc, settings)
     try:

@@ -77,3 +77,25 @@ async def test_migrations_apply_once(settings: Settings, tmp_path: Path) -> None
     await pool.close()
     assert "001_a.sql" in first
     assert second == []
+
+
+async def test_an_idle_batch_consumer_keeps_running(settings: Settings) -> None:
+    """Fetching from an empty stream times out every few seconds; the consumer carries on."""
+    seen: list[str] = []
+
+    async def handler(event: BuildStarted) -> None:
+        seen.append(event.id)
+
+    async with bus.connect(settings, "test") as b:
+        task = asyncio.create_task(b.consume([BuildStarted], handler, durable="idle", concurrency=2))
+        try:
+            await asyncio.sleep(6)  # longer than one empty fetch: the thing under test is idling
+            assert not task.done()
+            event = BuildStarted(model_id="m", version=1)
+            await b.publish(event)
+            await until(lambda: seen)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert seen == [event.id]
