@@ -12,6 +12,7 @@ from pier.config import Settings
 from pier.events import AnyEvent
 from pier.service import announce_ready, run
 from services.api import app, auth, routing
+from services.api.http import Context
 from services.api.lifecycle import CHANNEL, Lifecycle
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -26,7 +27,7 @@ async def main(settings: Settings) -> None:
             await auth.ensure_admin(pool, settings.admin_token)
             lifecycle = Lifecycle(pool, b, settings)
             await routing.publish_all(b, pool)
-            runner = web.AppRunner(app.build(pool, lifecycle, settings), access_log=None)
+            runner = web.AppRunner(app.build(Context(pool, b, lifecycle, settings)), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.api_host, settings.api_port).start()
             try:

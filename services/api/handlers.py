@@ -3,42 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
 
-import asyncpg
-import msgspec
 from aiohttp import web
 
 from pier.artifacts import Store
-from pier.config import Settings
 from services.api import auth, openapi, store
 from services.api.errors import Invalid, TooLarge
-from services.api.lifecycle import Lifecycle
+from services.api.http import Context, json_response, read_body
 from services.api.schemas import CreateModel, CreateVersion, SourceOut
-
-T = TypeVar("T")
-
-
-def _json(value: object, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(value), status=status, content_type="application/json")
-
-
-async def _body(request: web.Request, kind: type[T]) -> T:
-    raw = await request.read()
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError:
-        raise
-    except msgspec.DecodeError as exc:
-        raise Invalid(f"body: not valid JSON ({exc})", [("body", "is not valid JSON")]) from None
 
 
 class Handlers:
-    def __init__(self, pool: asyncpg.Pool, lifecycle: Lifecycle, settings: Settings) -> None:
-        self.pool = pool
-        self.lifecycle = lifecycle
-        self.settings = settings
-        self.store = Store(settings.artifacts)
+    def __init__(self, ctx: Context) -> None:
+        self.pool = ctx.pool
+        self.lifecycle = ctx.lifecycle
+        self.settings = ctx.settings
+        self.store = Store(ctx.settings.artifacts)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -53,10 +33,10 @@ class Handlers:
         ]
 
     async def health(self, _: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def openapi(self, _: web.Request) -> web.Response:
-        return _json(openapi.document())
+        return json_response(openapi.document())
 
     async def upload_source(self, request: web.Request) -> web.Response:
         if request.content_type not in ("application/gzip", "application/x-gzip", "application/octet-stream"):
@@ -67,31 +47,35 @@ class Handlers:
         if not data.startswith(b"\x1f\x8b"):
             raise Invalid("body: not a gzip'd tarball", [("body", "is not gzip data")])
         digest = await asyncio.to_thread(self.store.put_source, data)
-        return _json(SourceOut(digest=digest, size=len(data)), status=201)
+        return json_response(SourceOut(digest=digest, size=len(data)), status=201)
 
     async def list_models(self, _: web.Request) -> web.Response:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch("SELECT * FROM models WHERE state <> 'terminated' ORDER BY name")
-            return _json([await store.model_out(conn, r, self.settings.gateway_url) for r in rows])
+            return json_response([await store.model_out(conn, r, self.settings.gateway_url) for r in rows])
 
     async def show_model(self, request: web.Request) -> web.Response:
         async with self.pool.acquire() as conn:
             row = await store.resolve(conn, request.match_info["ref"])
-            return _json(await store.model_out(conn, row, self.settings.gateway_url))
+            return json_response(await store.model_out(conn, row, self.settings.gateway_url))
 
     async def create_model(self, request: web.Request) -> web.Response:
-        spec = await _body(request, CreateModel)
+        spec = await read_body(request, CreateModel)
         model_id = await self.lifecycle.create_model(spec, request[auth.USER])
         async with self.pool.acquire() as conn:
             row = await store.resolve(conn, model_id)
-            return _json(await store.model_out(conn, row, self.settings.gateway_url), status=201)
+            return json_response(await store.model_out(conn, row, self.settings.gateway_url), status=201)
 
     async def list_versions(self, request: web.Request) -> web.Response:
         async with self.pool.acquire() as conn:
             row = await store.resolve(conn, request.match_info["ref"])
-            return _json((await store.model_out(conn, row, self.settings.gateway_url)).versions)
+            return json_response((await store.model_out(conn, row, self.settings.gateway_url)).versions)
 
     async def create_version(self, request: web.Request) -> web.Response:
-        spec = await _body(request, CreateVersion)
+        spec = await read_body(request, CreateVersion)
         number = await self.lifecycle.create_version(request.match_info["ref"], spec, request[auth.USER])
-        return _json({"number": number}, status=201)
+        return json_response({"number": number}, status=201)
+
+
+def routes(ctx: Context) -> list[web.RouteDef]:
+    return Handlers(ctx).routes()

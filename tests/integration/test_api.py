@@ -18,6 +18,7 @@ from pier.events import StartBuild
 from services.api import app as api_app
 from services.api import auth
 from services.api.__main__ import MIGRATIONS
+from services.api.http import Context
 from services.api.lifecycle import CHANNEL, Lifecycle
 
 TOKEN = "pier_test_token"
@@ -34,7 +35,7 @@ async def api(settings: Settings) -> AsyncIterator[tuple[aiohttp.ClientSession, 
         pool = await db.create_pool(settings, "api")
         await db.migrate(pool, MIGRATIONS)
         await auth.ensure_admin(pool, TOKEN)
-        server = TestServer(api_app.build(pool, Lifecycle(pool, b, settings), settings))
+        server = TestServer(api_app.build(Context(pool, b, Lifecycle(pool, b, settings), settings)))
         await server.start_server()
         relay = asyncio.create_task(outbox.Relay(pool, b, CHANNEL).run())
         try:
