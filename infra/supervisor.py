@@ -146,7 +146,7 @@ async def up() -> None:
         platform.start()
         await platform.wait_healthy()
         _say(f"ready in {time.monotonic() - started:.1f}s")
-        _say(f"api and dashboard: {settings.api_url}")
+        _say(f"management api:    {settings.api_url}")
         _say(f"gateway:           {settings.gateway_url}")
         _say(f"admin token:       {creds['token']}")
         _say(f"credentials:       {settings.home / 'credentials.json'} (the pier CLI reads it)")
