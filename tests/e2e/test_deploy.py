@@ -9,7 +9,8 @@ import signal
 import pytest
 
 from infra.supervisor import Platform
-from pier.client import Client
+from pier.client import ApiError, Client
+from services.scheduler.runtimes.local import stop_all
 from tests.e2e.conftest import EXAMPLES, pier
 from tests.support import until
 
@@ -88,3 +89,24 @@ async def test_kill_9_of_a_service_during_a_deploy_loses_nothing(platform: Platf
     assert len([p for p in images if not p.name.startswith(".")]) == 1
     instance_dirs = list((platform.settings.home / "instances").iterdir())
     assert len(instance_dirs) == 1
+
+
+async def test_model_apis_that_were_running_run_again_after_a_platform_restart(platform: Platform) -> None:
+    """What a second `make up` does: every service and instance stopped, then started on the same data."""
+    client = _client(platform)
+    digest = client.upload_source(EXAMPLES / "hello")
+    client.create_model(name="durable", source=digest, file="predict.py", function="predict", access="unrestricted")
+    client.wait("durable", 1, timeout=120)
+    platform.stop()
+    assert stop_all(platform.settings.home) == 0  # nothing was left running
+    platform.start()
+    await platform.wait_healthy()
+
+    def answers() -> bool:
+        try:
+            return client.call("durable", data={"name": "back"})["result"]["greeting"] == "Hello, back!"
+        except (ApiError, OSError):
+            return False
+
+    await until(answers, within=60, every=0.2)
+    assert client.model("durable")["state"] == "running"
