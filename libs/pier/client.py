@@ -14,7 +14,9 @@ import os
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +93,12 @@ class Client:
 
     # ---- management --------------------------------------------------------------------------
 
-    def upload_source(self, path: Path) -> str:
+    def upload_source(self, path: Path, name: str | None = None) -> str:
+        """Upload `path` as a source; with `name`, also point that named source at it."""
         auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        query = f"?name={urllib.parse.quote(name)}" if name else ""
         answer = self._request(
-            "POST", f"{self.api_url}/v1/sources", pack(path), "application/gzip", headers=auth, timeout=600
+            "POST", f"{self.api_url}/v1/sources{query}", pack(path), "application/gzip", headers=auth, timeout=600
         )
         return str(answer["digest"])
 
@@ -139,6 +143,60 @@ class Client:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"version {version} of {ref} did not settle within {timeout:g} s")
             time.sleep(0.2)
+
+    # ---- settings and logs -------------------------------------------------------------------
+
+    def change_settings(self, ref: str, **changes: Any) -> dict[str, Any]:
+        """Change the health-check policy or request timeout; the instances restart one at a time."""
+        return dict(self.api("PATCH", f"/models/{ref}", changes))
+
+    def settings(self, ref: str) -> dict[str, Any]:
+        return dict(self.api("GET", f"/models/{ref}/settings"))
+
+    def logs(self, ref: str, **query: Any) -> dict[str, Any]:
+        """One page of log lines, newest first: `lines` and `next_before`, the cursor for older ones.
+        Query: kind (instance, build, deployment), version, instance, before, limit."""
+        params = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        return dict(self.api("GET", f"/models/{ref}/logs?{params}"))
+
+    def follow_logs(self, ref: str, timeout: float | None = None, **query: Any) -> Iterator[dict[str, Any]]:
+        """Log lines as they come (server-sent events), oldest first: the last `limit` lines, or
+        those after the cursor `after`, then each new one. Ends when the connection does."""
+        params = urllib.parse.urlencode({**{k: v for k, v in query.items() if v is not None}, "follow": "true"})
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(f"{self.api_url}/v1/models/{ref}/logs?{params}", headers=auth)
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, json.loads(exc.read() or b"{}")) from None
+        with response:
+            data: list[str] = []
+            for raw in response:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+                elif not line and data:
+                    yield json.loads("\n".join(data))
+                    data = []
+
+    # ---- access tokens and labels -------------------------------------------------------------
+
+    def create_token(self, ref: str, name: str) -> dict[str, Any]:
+        """A new access token; its secret is in `token`, shown this once."""
+        return dict(self.api("POST", f"/models/{ref}/tokens", {"name": name}))
+
+    def tokens(self, ref: str) -> list[dict[str, Any]]:
+        return list(self.api("GET", f"/models/{ref}/tokens"))
+
+    def revoke_token(self, ref: str, token_id: str) -> None:
+        self.api("DELETE", f"/models/{ref}/tokens/{token_id}")
+
+    def promote(self, ref: str, version: int, label: str = "prod") -> dict[str, Any]:
+        """Point `label` at `version` (routing mode advanced); the switch is atomic at every gateway."""
+        return dict(self.api("PUT", f"/models/{ref}/labels/{label}", {"version": version}))
+
+    def labels(self, ref: str) -> list[dict[str, Any]]:
+        return list(self.api("GET", f"/models/{ref}/labels"))
 
     # ---- calling a model API -----------------------------------------------------------------
 

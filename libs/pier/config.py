@@ -22,13 +22,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     admin_token: str = ""
     # Simulated GPUs where NVML finds none, e.g. "a100:4,rtx3090:2".
     gpus: str = ""
+    # Named resource quotas an admin defines, per instance: "small=cpu:1,memory:1g;large=cpu:4,memory:16g".
+    # A model API created without `quota` gets the one named "default" when there is one, else no limit.
+    quotas: str = ""
+    # Stopped model APIs are purged (as by terminate) after this many days.
+    purge_after_days: float = 14.0
     default_workers: int = 1
-    default_instances: int = 1
+    default_instances: int = 2
     build_concurrency: int = 2
     build_timeout: float = 1800.0
     build_import_timeout: float = 120.0
     max_body_bytes: int = 32 * 1024 * 1024
+    # Gateway shedding: calls beyond a version's capacity (instances x workers) wait in a queue of
+    # this many per version; a full queue, or a wait longer than the timeout, answers 503 + Retry-After.
+    gateway_queue_length: int = 100
+    gateway_queue_timeout: float = 10.0
     max_source_bytes: int = 1024 * 1024 * 1024
+    # URL schemes `--git` accepts, comma-separated; tests add file (and http) for local repositories.
+    git_schemes: str = "https,ssh"
     # How long a consumer may hold a message before it is redelivered (crash recovery time).
     ack_wait: float = 10.0
     logs_max_age_days: float = 14.0
@@ -50,6 +61,45 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.gateway_host}:{self.gateway_port}"
+
+
+class Quota(msgspec.Struct, kw_only=True, frozen=True):
+    name: str
+    cpu: float = 0.0  # CPUs per instance; 0: no limit
+    memory: int = 0  # bytes per instance; 0: no limit
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`512m`, `10g`, `1.5G`, `1048576` -> bytes. ValueError on anything else."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = raw[-1:] if raw[-1:] in _SIZE_UNITS else ""
+    number = float(raw[: len(raw) - len(unit)]) if raw[: len(raw) - len(unit)] else -1.0
+    if number <= 0:
+        raise ValueError(f"{text!r} is not a size such as 512m or 10g")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def parse_quotas(spec: str) -> dict[str, Quota]:
+    """PIER_QUOTAS -> quotas by name; a malformed part is a ValueError naming it."""
+    out: dict[str, Quota] = {}
+    for part in (p.strip() for p in spec.split(";") if p.strip()):
+        name, sep, body = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"PIER_QUOTAS: {part!r} is not NAME=cpu:N,memory:SIZE")
+        cpu, memory = 0.0, 0
+        for item in (i.strip() for i in body.split(",") if i.strip()):
+            key, _, value = item.partition(":")
+            if key == "cpu":
+                cpu = float(value)
+            elif key == "memory":
+                memory = parse_size(value)
+            else:
+                raise ValueError(f"PIER_QUOTAS: {item!r}: only cpu and memory can be limited")
+        out[name.strip()] = Quota(name=name.strip(), cpu=cpu, memory=memory)
+    return out
 
 
 def _decode(kind: type, value: Any) -> Any:

@@ -6,6 +6,8 @@ and stream names live here too, so no subject is ever typed as a literal elsewhe
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 import uuid
 from typing import Any, ClassVar, Literal
@@ -21,6 +23,15 @@ LOGS_STREAM = "PIER_LOGS"
 ROUTES_BUCKET = "pier_routes"
 INSTANCES_BUCKET = "pier_instances"
 TOKENS_BUCKET = "pier_tokens"
+# The scheduler's GPU inventory and queue, as the api shows them (key: GPUS_KEY), written by the scheduler.
+GPUS_BUCKET = "pier_gpus"
+GPUS_KEY = "inventory"
+# Request/reply: "would this request start now or wait?" (a GpuAsk in, a queue Plan out).
+PLAN_SUBJECT = "pier.scheduler.plan"
+# Each instance's recent restarts, written by the monitor (back-off and `failed` after repeated crashes).
+RESTARTS_BUCKET = "pier_restarts"
+# Live monitor replicas (key: replica id, expiring): they share the instances to probe.
+MONITORS_BUCKET = "pier_monitors"
 
 CMD_PREFIX = "pier.cmd"
 EVENTS_PREFIX = "pier.events"
@@ -66,11 +77,42 @@ class Event(Message):
 # ---- commands ---------------------------------------------------------------------------------
 
 
+class GitSource(msgspec.Struct, kw_only=True):
+    """A git repository to fetch at build time. `credential` is the name of a registered
+    credential, never the secret itself: commands and events are an audit trail."""
+
+    url: str
+    ref: str | None = None  # branch, tag or commit; None: the remote's default branch
+    credential: str | None = None
+
+
+class BaseEnvironment(msgspec.Struct, kw_only=True):
+    """What a version's environment starts from: a Python version and packages under the user's requirements."""
+
+    name: str = ""  # the compute environment's name; "" when only `python` was asked for
+    python: str | None = None  # e.g. "3.11"; None: the platform's own Python
+    packages: list[str] = msgspec.field(default_factory=list)
+
+
 class StartBuild(Command, tag="build"):
     model_id: str
     version: int
-    source: str  # digest of an uploaded source tarball
+    source: str  # digest of an uploaded source tarball; "" when the code comes from `git`
     entrypoint: Entrypoint
+    git: GitSource | None = None
+    environment: BaseEnvironment | None = None
+
+
+class RunSchedule(Command, tag="schedule.run"):
+    """Run a schedule's command in a fresh copy of `source` with the environment of `image`."""
+
+    model_id: str
+    schedule_id: str
+    run_id: str
+    command: str
+    source: str
+    image: str
+    timeout: float
 
 
 class PlaceModel(Command, tag="place"):
@@ -86,19 +128,28 @@ class PlaceModel(Command, tag="place"):
     gpu_type: str | None = None
     gpu_count: int = 0
     request_timeout: float = 60.0
+    # The resource quota per instance (0: unlimited) and the work dir's disk limit in bytes (0: none).
+    quota: str = ""
+    cpu: float = 0.0
+    memory: int = 0
+    disk_size: int = 0
 
 
 class StopModel(Command, tag="stop"):
-    """Stop every instance of a model API, or of one version when `version` is set."""
+    """Stop every instance of a model API, or of one version when `version` is set. A waiting
+    request leaves the queue. `purge` (terminate) also removes the instances' directories."""
 
     model_id: str
     version: int | None = None
     reason: str = "stopped"
+    purge: bool = False
 
 
 class RestartInstance(Command, tag="restart"):
     instance_id: str
     reason: str
+    # The model API's request timeout now (a settings change); None keeps the one the instance runs with.
+    request_timeout: float | None = None
 
 
 # ---- events -----------------------------------------------------------------------------------
@@ -114,6 +165,9 @@ class BuildSucceeded(Event, tag="build.succeeded"):
     version: int
     image: str
     packages: list[str] = msgspec.field(default_factory=list)
+    source: str = ""  # the digest of the tree built (for git: the fetched commit's tree)
+    commit: str | None = None  # the resolved git commit, when the code came from git
+    env_hash: str = ""
 
 
 class BuildFailed(Event, tag="build.failed"):
@@ -122,11 +176,31 @@ class BuildFailed(Event, tag="build.failed"):
     reason: str
 
 
+class ScheduleRunSucceeded(Event, tag="schedule.succeeded"):
+    """The command exited 0; `source` holds the files as it left them."""
+
+    model_id: str
+    schedule_id: str
+    run_id: str
+    source: str
+    log: list[str] = msgspec.field(default_factory=list)
+
+
+class ScheduleRunFailed(Event, tag="schedule.failed"):
+    model_id: str
+    schedule_id: str
+    run_id: str
+    reason: str
+    log: list[str] = msgspec.field(default_factory=list)
+
+
 class InstanceStarted(Event, tag="instance.started"):
     model_id: str
     version: int
     instance_id: str
     address: str
+    node: str = "local"
+    gpu_devices: list[str] = msgspec.field(default_factory=list)
 
 
 class InstanceReady(Event, tag="instance.ready"):
@@ -160,6 +234,57 @@ class ModelStopped(Event, tag="model.stopped"):
     version: int | None = None
 
 
+class ModelWaiting(Event, tag="model.waiting"):
+    """A version waits for GPUs: `position` is its 1-based place in the line for `gpu_type`."""
+
+    model_id: str
+    version: int
+    gpu_type: str
+    position: int
+    reason: str = ""
+
+
+class PlacementRejected(Event, tag="model.rejected"):
+    """A version asks for more than the inventory could ever hold."""
+
+    model_id: str
+    version: int
+    reason: str
+
+
+class UsageRecorded(Event, tag="usage.recorded"):
+    """One run of an instance ended: what it used while running (waiting is never billed)."""
+
+    model_id: str
+    version: int
+    instance_id: str
+    started_at: float
+    ended_at: float
+    gpu_count: int
+    instance_seconds: float
+    gpu_seconds: float
+
+
+class InstanceRestarting(Event, tag="instance.restarting"):
+    """The monitor restarts an instance after `delay` seconds (back-off); `attempt` counts restarts in the window."""
+
+    model_id: str
+    version: int
+    instance_id: str
+    reason: str
+    delay: float
+    attempt: int
+
+
+class ModelFailed(Event, tag="model.failed"):
+    """An instance crashed or failed its health checks too often: the model API becomes `failed`."""
+
+    model_id: str
+    version: int
+    instance_id: str
+    reason: str
+
+
 class ModelStateChanged(Event, tag="model.state"):
     """The api's view of a model API changed: what dashboards and `pier deploy` follow."""
 
@@ -180,10 +305,40 @@ AnyEvent = (
     | ModelPlaced
     | ModelStopped
     | ModelStateChanged
+    | InstanceRestarting
+    | ModelFailed
+    | ScheduleRunSucceeded
+    | ScheduleRunFailed
+    | ModelWaiting
+    | PlacementRejected
+    | UsageRecorded
 )
-AnyCommand = StartBuild | PlaceModel | StopModel | RestartInstance
+AnyCommand = StartBuild | PlaceModel | StopModel | RestartInstance | RunSchedule
 
 # ---- key-value records ------------------------------------------------------------------------
+
+
+class GpuType(msgspec.Struct, kw_only=True):
+    total: int
+    free: int
+    requested: int  # GPUs asked for by waiting model APIs
+    waiting: int  # model APIs waiting for this type
+    simulated: bool
+    nodes: dict[str, int] = msgspec.field(default_factory=dict)  # node -> GPUs of this type
+
+
+class GpuInventory(msgspec.Struct, kw_only=True):
+    """Bucket `pier_gpus`, key `inventory`: the scheduler's view, republished at every change."""
+
+    simulated: bool
+    types: dict[str, GpuType] = msgspec.field(default_factory=dict)
+    at: float = msgspec.field(default_factory=time.time)
+
+
+class GpuAsk(msgspec.Struct, kw_only=True):
+    gpu_type: str | None = None
+    gpu_count: int = 0
+    instances: int = 1
 
 
 class InstanceRecord(msgspec.Struct, kw_only=True):
@@ -204,6 +359,22 @@ class VersionRoute(msgspec.Struct, kw_only=True):
     entrypoint: Entrypoint
 
 
+class HealthPolicy(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A model API's health checks and restarts, as Kubernetes probes and CrashLoopBackOff work.
+    Published in its RouteRecord so every monitor replica applies it; the defaults are documented in docs/health.md."""
+
+    initial_delay: float = 0.0  # seconds after an instance starts before its first probe
+    period: float = 10.0  # seconds between probes
+    timeout: float = 5.0  # a probe slower than this has failed
+    # Failures in a row that make a ready instance unhealthy. period * failure_threshold must exceed the
+    # request timeout, so an instance busy with one long call is not restarted under it.
+    failure_threshold: int = 7
+    restart_backoff: float = 10.0  # the wait before the second restart in a window, doubling after each
+    restart_backoff_max: float = 300.0
+    restart_window: float = 600.0  # restarts older than this are forgotten (10 min healthy resets back-off)
+    max_restarts: int = 5  # one more restart in the window and the model API becomes `failed`
+
+
 class RouteRecord(msgspec.Struct, kw_only=True):
     """How the gateway reaches a model API (bucket `pier_routes`, key: model id)."""
 
@@ -214,6 +385,49 @@ class RouteRecord(msgspec.Struct, kw_only=True):
     labels: dict[str, int] = msgspec.field(default_factory=dict)
     versions: dict[str, VersionRoute] = msgspec.field(default_factory=dict)
     request_timeout: float = 60.0
+    health: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
+    # basic: only `latest` serves; advanced: `latest` and the promoted labels (e.g. `prod`) serve.
+    routing_mode: Literal["basic", "advanced"] = "basic"
+    # Calls beyond the instances' capacity wait in a bounded queue; 0 means the gateway's default.
+    queue_length: int = 0
+    queue_timeout: float = 0.0
+
+
+class TokenRecord(msgspec.Struct, kw_only=True):
+    """An access token as the gateway sees it (bucket `pier_tokens`, key: the token's public prefix).
+
+    Only the SHA-256 of the secret travels: the secret itself is shown once, to its creator."""
+
+    prefix: str
+    model_id: str
+    hash: str
+    revoked: bool = False
+
+
+# The gateway reports which tokens were used (core NATS, best effort); the api records `last_used`.
+TOKENS_USED_SUBJECT = "pier.tokens.used"
+# An access token reads `pier_<12 hex: public prefix>_<secret>`: the prefix finds the record,
+# the hash of the whole token proves it.
+_TOKEN_HEAD = "pier_"
+_PREFIX_LEN = 12
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh access token and its public prefix."""
+    prefix = secrets.token_hex(_PREFIX_LEN // 2)
+    return f"{_TOKEN_HEAD}{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+
+def token_prefix(token: str) -> str | None:
+    """The public prefix of something shaped like an access token, else None."""
+    end = len(_TOKEN_HEAD) + _PREFIX_LEN
+    if len(token) > end + 1 and token.startswith(_TOKEN_HEAD) and token[end] == "_":
+        return token[len(_TOKEN_HEAD) : end]
+    return None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class LogLine(msgspec.Struct, kw_only=True, omit_defaults=True):

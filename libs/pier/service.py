@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 import uvloop
 
-from pier import config, telemetry
+from pier import config, metrics, telemetry
 from pier.bus import Bus
 from pier.config import Settings
 
@@ -20,12 +20,17 @@ HEALTH_SUBJECT = "pier.health.{service}"
 
 async def announce_ready(bus: Bus, service: str) -> None:
     """Answer health requests on `pier.health.<service>` from now on: the supervisor and
-    `pier status` ask there, and any replica may answer."""
+    `pier status` ask there, and any replica may answer. Answer `pier.metrics.<service>` with
+    the process's metrics (Prometheus text), which the api merges into its GET /metrics."""
 
     async def answer(msg: object) -> None:
         await msg.respond(b"ok")  # type: ignore[attr-defined]
 
+    async def answer_metrics(msg: object) -> None:
+        await msg.respond(metrics.REGISTRY.render().encode())  # type: ignore[attr-defined]
+
     await bus.nc.subscribe(HEALTH_SUBJECT.format(service=service), cb=answer)
+    await bus.nc.subscribe(metrics.METRICS_SUBJECT.format(service=service), cb=answer_metrics)
     structlog.get_logger(service).info("ready")
 
 

@@ -4,12 +4,40 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.api import auth, handlers
+from services.api import (
+    auth,
+    control,
+    environments,
+    gpus,
+    handlers,
+    images,
+    labels,
+    logs,
+    metrics,
+    schedules,
+    settings,
+    sources,
+    tokens,
+)
 from services.api.errors import problems
 from services.api.http import Context
 
 # One module per concern; each has `routes(ctx) -> list[web.RouteDef]`.
-ROUTE_MODULES = [handlers]
+# A module may also have `setup(app, ctx)` for background work tied to the app's life.
+ROUTE_MODULES = [
+    handlers,
+    tokens,
+    labels,
+    logs,
+    settings,
+    sources,
+    environments,
+    schedules,
+    control,
+    gpus,
+    images,
+    metrics,
+]
 
 
 def build(ctx: Context) -> web.Application:
@@ -18,4 +46,7 @@ def build(ctx: Context) -> web.Application:
     )
     for module in ROUTE_MODULES:
         app.add_routes(module.routes(ctx))
+        if hasattr(module, "setup"):
+            module.setup(app, ctx)
+    app.cleanup_ctx.append(tokens.track_last_used(ctx))
     return app

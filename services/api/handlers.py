@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from pier.artifacts import Store
 from services.api import auth, openapi, store
-from services.api.errors import Invalid, TooLarge
 from services.api.http import Context, json_response, read_body
-from services.api.schemas import CreateModel, CreateVersion, SourceOut
+from services.api.schemas import CreateModel, CreateVersion
 
 
 class Handlers:
@@ -24,7 +21,6 @@ class Handlers:
         return [
             web.get("/v1/health", self.health),
             web.get("/v1/openapi.json", self.openapi),
-            web.post("/v1/sources", self.upload_source),
             web.get("/v1/models", self.list_models),
             web.post("/v1/models", self.create_model),
             web.get("/v1/models/{ref}", self.show_model),
@@ -37,17 +33,6 @@ class Handlers:
 
     async def openapi(self, _: web.Request) -> web.Response:
         return json_response(openapi.document())
-
-    async def upload_source(self, request: web.Request) -> web.Response:
-        if request.content_type not in ("application/gzip", "application/x-gzip", "application/octet-stream"):
-            raise Invalid("Content-Type: send the source as a gzip'd tarball (application/gzip)")
-        if (request.content_length or 0) > self.settings.max_source_bytes:
-            raise TooLarge(f"the source is over the limit of {self.settings.max_source_bytes} bytes")
-        data = await request.read()
-        if not data.startswith(b"\x1f\x8b"):
-            raise Invalid("body: not a gzip'd tarball", [("body", "is not gzip data")])
-        digest = await asyncio.to_thread(self.store.put_source, data)
-        return json_response(SourceOut(digest=digest, size=len(data)), status=201)
 
     async def list_models(self, _: web.Request) -> web.Response:
         async with self.pool.acquire() as conn:

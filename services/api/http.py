@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 import msgspec
@@ -12,7 +12,10 @@ from aiohttp import web
 from pier.bus import Bus
 from pier.config import Settings
 from services.api.errors import Invalid
-from services.api.lifecycle import Lifecycle
+
+if TYPE_CHECKING:
+    # Only a type here: lifecycle imports modules that import this one.
+    from services.api.lifecycle import Lifecycle
 
 T = TypeVar("T")
 

@@ -3,9 +3,10 @@
 Every change commits together with the messages it causes (transactional outbox), and every event
 is applied at most once (inbox), so a crash anywhere repeats work at worst, never loses it.
 
-States: building -> starting -> running; failed (only terminate is accepted); a new version of a
-running model API builds and starts beside the serving one, which keeps `latest` until the new
-one is ready (routing mode basic), then stops.
+States: building -> [waiting (queued for GPUs, not billed)] -> starting -> running -> stopping ->
+stopped -> (restart) starting ...; failed (only terminate is accepted); terminated (name free again;
+see services/api/control.py). A new version of a running model API builds and starts beside the
+serving one, which keeps `latest` until the new one is ready (routing mode basic), then stops.
 """
 
 from __future__ import annotations
@@ -28,20 +29,29 @@ from pier.events import (
     InstanceStopped,
     InstanceUnhealthy,
     Message,
+    ModelFailed,
     ModelPlaced,
     ModelStateChanged,
     ModelStopped,
+    ModelWaiting,
+    PlacementRejected,
     PlaceModel,
+    ScheduleRunFailed,
+    ScheduleRunSucceeded,
     StartBuild,
     StopModel,
+    UsageRecorded,
 )
 from pier.spec import Entrypoint, SpecError, check_entrypoint
-from services.api import routing
+from services.api import routing, schedules, sources
+from services.api import settings as model_settings
+from services.api.channel import CHANNEL
 from services.api.errors import Conflict, Invalid
 from services.api.schemas import CodeSpec, CreateModel, CreateVersion
+from services.api.sources import CodeOrigin
 from services.api.store import resolve
 
-CHANNEL = "api_outbox"
+__all__ = ["CHANNEL", "Lifecycle"]  # CHANNEL re-exported for the modules that take it from here
 log = structlog.get_logger("api")
 
 
@@ -61,9 +71,9 @@ class Lifecycle:
         self.settings = settings
         self.store = Store(settings.artifacts)
 
-    def _check_source(self, digest: str) -> None:
-        if not self.store.source(digest).exists():
-            raise Invalid(f"source: no uploaded source with digest {digest!r}", [("source", "was not uploaded")])
+    async def _origin(self, spec: CodeSpec) -> CodeOrigin:
+        async with self.pool.acquire() as conn:
+            return await sources.resolve(conn, self.store, spec, self.settings.git_schemes)
 
     async def _emit(self, conn: asyncpg.Connection, msg: Message) -> None:
         await outbox.enqueue(conn, msg, CHANNEL)
@@ -78,14 +88,19 @@ class Lifecycle:
 
     async def create_model(self, spec: CreateModel, actor: str) -> str:
         entrypoint = _entrypoint(spec)
-        self._check_source(spec.source)
+        origin = await self._origin(spec)
         model_id, version_id = events.new_id(), events.new_id()
         workers = spec.workers or self.settings.default_workers
+        from services.api import gpus  # it imports the http layer, which imports this module
+
+        resources = await gpus.check(
+            self.bus, self.settings, spec.gpu_type, spec.gpu_count, spec.instances, spec.quota, spec.disk_size
+        )
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 await conn.execute(
-                    "INSERT INTO models (id, name, owner, state, access, instances, workers, request_timeout, target)"
-                    " VALUES ($1, $2, $3, 'building', $4, $5, $6, $7, 1)",
+                    "INSERT INTO models (id, name, owner, state, access, instances, workers, request_timeout, target,"
+                    " routing_mode) VALUES ($1, $2, $3, 'building', $4, $5, $6, $7, 1, $8)",
                     model_id,
                     spec.name,
                     actor,
@@ -93,31 +108,49 @@ class Lifecycle:
                     spec.instances,
                     workers,
                     spec.request_timeout,
+                    spec.routing_mode,
                 )
             except asyncpg.UniqueViolationError:
                 raise Conflict(
                     f"name: a model API named {spec.name!r} exists; deploy a new version to it or pick another name",
                     [("name", "is taken")],
                 ) from None
-            await self._add_version(conn, model_id, 1, version_id, spec.source, entrypoint, actor)
+            await gpus.store_resources(conn, model_id, resources)
+            await self._add_version(conn, model_id, 1, version_id, origin, entrypoint, actor)
+            await model_settings.store_initial(conn, model_id, spec)
         await self._publish_route(model_id)
         return model_id
 
     async def create_version(self, ref: str, spec: CreateVersion, actor: str) -> int:
         entrypoint = _entrypoint(spec)
-        self._check_source(spec.source)
+        origin = await self._origin(spec)
         async with self.pool.acquire() as conn, conn.transaction():
             model = await resolve(conn, ref, lock=True)
             if model["state"] in ("failed", "terminated"):
                 raise Conflict(f"model API {model['name']!r} is {model['state']}: only terminate is accepted")
-            number = await conn.fetchval(
-                "SELECT coalesce(max(number), 0) + 1 FROM versions WHERE model_id = $1", model["id"]
-            )
-            await conn.execute("UPDATE models SET target = $2, updated_at = now() WHERE id = $1", model["id"], number)
-            await self._add_version(conn, model["id"], number, events.new_id(), spec.source, entrypoint, actor)
+            number = await self.add_version(conn, model, origin, entrypoint, actor)
             if model["latest"] is None:
                 await self._set_state(conn, model, "building")
-        return int(number)
+        return number
+
+    async def add_version(
+        self,
+        conn: asyncpg.Connection,
+        model: asyncpg.Record,
+        origin: CodeOrigin,
+        entrypoint: Entrypoint,
+        actor: str,
+        version_id: str | None = None,
+    ) -> int:
+        """A new version of `model` from `origin`'s code, made the target and queued to build, in the
+        caller's transaction (which should hold the model row locked); returns its number.
+        `version_id` lets a redelivered cause make the same version id."""
+        number = int(
+            await conn.fetchval("SELECT coalesce(max(number), 0) + 1 FROM versions WHERE model_id = $1", model["id"])
+        )
+        await conn.execute("UPDATE models SET target = $2, updated_at = now() WHERE id = $1", model["id"], number)
+        await self._add_version(conn, model["id"], number, version_id or events.new_id(), origin, entrypoint, actor)
+        return number
 
     async def _add_version(
         self,
@@ -125,22 +158,39 @@ class Lifecycle:
         model_id: str,
         number: int,
         version_id: str,
-        source: str,
+        origin: CodeOrigin,
         entrypoint: Entrypoint,
         actor: str,
     ) -> None:
+        git, env = origin.git, origin.environment
         await conn.execute(
-            "INSERT INTO versions (model_id, number, id, source, entrypoint, state, created_by)"
-            " VALUES ($1, $2, $3, $4, $5, 'queued', $6)",
+            "INSERT INTO versions (model_id, number, id, source, entrypoint, state, created_by, source_name,"
+            " git_url, git_ref, git_credential, environment, python_version)"
+            " VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $11, $12)",
             model_id,
             number,
             version_id,
-            source,
+            origin.source,
             msgspec.json.encode(entrypoint).decode(),
             actor,
+            origin.source_name,
+            git.url if git else None,
+            git.ref if git else None,
+            git.credential if git else None,
+            (env.name or None) if env else None,
+            env.python if env else None,
         )
         await self._emit(
-            conn, StartBuild(model_id=model_id, version=number, source=source, entrypoint=entrypoint, actor=actor)
+            conn,
+            StartBuild(
+                model_id=model_id,
+                version=number,
+                source=origin.source,
+                entrypoint=entrypoint,
+                actor=actor,
+                git=git,
+                environment=env,
+            ),
         )
 
     async def _publish_route(self, model_id: str) -> None:
@@ -168,13 +218,18 @@ class Lifecycle:
             case BuildStarted(version=v):
                 await conn.execute("UPDATE versions SET state = 'building' WHERE model_id = $1 AND number = $2", mid, v)
             case BuildSucceeded(version=v, image=image, packages=packages):
+                # A git version learns its source digest and commit only once the builder fetched it.
                 await conn.execute(
-                    "UPDATE versions SET state = 'built', image = $3, packages = $4"
+                    "UPDATE versions SET state = 'built', image = $3, packages = $4,"
+                    " source = CASE WHEN source = '' THEN $5 ELSE source END, commit = $6, env_hash = $7"
                     " WHERE model_id = $1 AND number = $2",
                     mid,
                     v,
                     image,
                     msgspec.json.encode(packages).decode(),
+                    event.source,
+                    event.commit,
+                    event.env_hash or None,
                 )
                 if model["target"] == v and model["state"] not in ("stopping", "stopped", "failed", "terminated"):
                     await self._place(conn, model, v, event)
@@ -186,6 +241,35 @@ class Lifecycle:
                     mid,
                     v,
                 )
+                if model["state"] == "waiting":
+                    await conn.execute("UPDATE models SET queue_position = NULL WHERE id = $1", mid)
+                    await self._set_state(conn, model, "starting")
+            case ModelWaiting(version=v, position=position, reason=reason):
+                # Only the version being started waits visibly; a serving one keeps the model API running.
+                if model["target"] == v and model["state"] in ("building", "starting", "waiting"):
+                    await conn.execute("UPDATE models SET queue_position = $2 WHERE id = $1", mid, position)
+                    await self._set_state(conn, model, "waiting", reason)
+            case PlacementRejected(version=v, reason=reason):
+                await self._version_failed(conn, model, v, f"version {v} cannot be placed: {reason}")
+            case UsageRecorded():
+                await conn.execute(
+                    "INSERT INTO usage (event_id, model_id, version, instance_id, started_at, ended_at, gpu_count,"
+                    " instance_seconds, gpu_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    event.id,
+                    mid,
+                    event.version,
+                    event.instance_id,
+                    event.started_at,
+                    event.ended_at,
+                    event.gpu_count,
+                    event.instance_seconds,
+                    event.gpu_seconds,
+                )
+                await conn.execute(
+                    "DELETE FROM usage_open WHERE instance_id = $1 AND started_at <= $2",
+                    event.instance_id,
+                    event.ended_at,
+                )
             case InstanceStarted(version=v, instance_id=iid, address=address):
                 await conn.execute(
                     "INSERT INTO instances (instance_id, model_id, version, state, address)"
@@ -196,11 +280,22 @@ class Lifecycle:
                     v,
                     address,
                 )
+                # Metered from now until its UsageRecorded (GET /v1/models/{ref}/usage counts it meanwhile).
+                await conn.execute(
+                    "INSERT INTO usage_open (instance_id, model_id, gpu_count, started_at) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (instance_id) DO UPDATE SET started_at = greatest(usage_open.started_at, $4),"
+                    " gpu_count = $3",
+                    iid,
+                    mid,
+                    len(event.gpu_devices),
+                    event.at,
+                )
             case InstanceReady(version=v, instance_id=iid):
                 await conn.execute(
                     "UPDATE instances SET state = 'ready', reason = '', updated_at = now() WHERE instance_id = $1", iid
                 )
                 await self._version_ready(conn, model, v)
+                await model_settings.advance(conn, mid, iid, self._emit)
             case InstanceUnhealthy(instance_id=iid, reason=reason):
                 await conn.execute(
                     "UPDATE instances SET state = 'unhealthy', reason = $2, updated_at = now() WHERE instance_id = $1",
@@ -221,8 +316,19 @@ class Lifecycle:
                     await self._emit(
                         conn, StopModel(id=event.derived_id("stop"), model_id=mid, version=v, reason=reason)
                     )
+                if not reason.startswith("restarting"):
+                    # A settings rollout moves on when the instance it waits for is gone.
+                    await model_settings.advance(conn, mid, iid, self._emit)
+            case ModelFailed(instance_id=iid, reason=reason):
+                # Restarting more would only crash again: stop every instance and say why.
+                if model["state"] not in ("failed", "stopped", "terminated"):
+                    await self._set_state(conn, model, "failed", f"instance {iid} {reason}")
+                    await self._emit(conn, StopModel(id=event.derived_id("stop"), model_id=mid, reason=reason))
+            case ScheduleRunSucceeded() | ScheduleRunFailed():
+                await schedules.run_finished(self, conn, model, event)
             case ModelStopped(version=None):
                 if model["state"] == "stopping":
+                    await conn.execute("UPDATE models SET stopped_at = now() WHERE id = $1", mid)
                     await self._set_state(conn, model, "stopped")
 
     async def _place(self, conn: asyncpg.Connection, model: asyncpg.Record, version: int, cause: Message) -> None:
@@ -241,6 +347,10 @@ class Lifecycle:
                 gpu_type=model["gpu_type"],
                 gpu_count=model["gpu_count"],
                 request_timeout=model["request_timeout"],
+                quota=model["quota"] or "",
+                cpu=model["cpu"],
+                memory=model["memory"],
+                disk_size=model["disk_size"],
             ),
         )
         if model["latest"] is None:
@@ -256,7 +366,14 @@ class Lifecycle:
             await conn.execute(
                 "UPDATE versions SET state = 'serving' WHERE model_id = $1 AND number = $2", model["id"], version
             )
-            if old is not None:
+            if old is not None and model["routing_mode"] == "advanced":
+                # In routing mode advanced a labelled version (e.g. prod) keeps serving.
+                # (Imported here: labels imports the api's http module, which imports this one.)
+                from services.api import labels
+
+                updated = await conn.fetchrow("SELECT * FROM models WHERE id = $1", model["id"])
+                await labels.retire(conn, updated, old, f"replaced by version {version}")
+            elif old is not None:
                 await conn.execute(
                     "UPDATE versions SET state = 'retired' WHERE model_id = $1 AND number = $2", model["id"], old
                 )
@@ -266,7 +383,7 @@ class Lifecycle:
                         id=events.new_id(), model_id=model["id"], version=old, reason=f"replaced by version {version}"
                     ),
                 )
-        if model["state"] in ("starting", "building", "running"):
+        if model["state"] in ("starting", "building", "running", "waiting"):
             await self._set_state(conn, model, "running")
 
     async def _version_failed(self, conn: asyncpg.Connection, model: asyncpg.Record, version: int, reason: str) -> None:

@@ -12,13 +12,21 @@ from pier.spec import Entrypoint, Route
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="lower-case letters, digits, -")]
 Access = Literal["restricted", "unrestricted"]
+RoutingMode = Literal["basic", "advanced"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 class CodeSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where a version's code comes from and what it serves."""
+    """Where a version's code comes from and what it serves. The code is exactly one of: an upload
+    (`source`, its digest), a named source (`source_name`), or a git repository (`git`, `ref`)."""
 
-    source: str
+    source: str | None = None
+    source_name: str | None = None
+    git: str | None = None
+    ref: str | None = None  # branch, tag or commit; default: the remote's default branch
+    git_credential: str | None = None  # the name of a registered credential
+    environment: str | None = None  # a compute environment (`GET /v1/environments`)
+    python_version: str | None = None  # e.g. "3.11"
     file: str
     function: str
     routes: list[Route] = msgspec.field(default_factory=list)
@@ -27,10 +35,27 @@ class CodeSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class CreateModel(CodeSpec, kw_only=True, forbid_unknown_fields=True):
     name: Name
-    instances: Annotated[int, msgspec.Meta(ge=1, le=32)] = 1
+    instances: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
+    # What it runs on, fixed once created (docs/scheduling.md): GPUs per instance of one type,
+    # a named resource quota (PIER_QUOTAS) and the size of each instance's working directory.
+    gpu_type: str | None = None
+    gpu_count: Annotated[int, msgspec.Meta(ge=0, le=4)] = 0
+    quota: str | None = None
+    disk_size: Annotated[str, msgspec.Meta(description="e.g. 512m, 10g")] | None = None
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
     request_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
-    access: Access = "unrestricted"
+    # The health-check policy (docs/health.md); left out: the defaults of pier.events.HealthPolicy.
+    initial_delay: Annotated[float, msgspec.Meta(ge=0, le=86400)] | None = None
+    period: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
+    failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    restart_backoff: Annotated[float, msgspec.Meta(ge=0, le=86400)] | None = None
+    restart_backoff_max: Annotated[float, msgspec.Meta(ge=0, le=86400)] | None = None
+    restart_window: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=1000)] | None = None
+    # Restricted: a call needs one of the model API's access tokens (`pier tokens create`).
+    access: Access = "restricted"
+    routing_mode: RoutingMode = "basic"
 
 
 class CreateVersion(CodeSpec, kw_only=True, forbid_unknown_fields=True):
@@ -61,6 +86,12 @@ class VersionOut(msgspec.Struct, kw_only=True):
     entrypoint: Entrypoint
     created_by: str
     created_at: str
+    source_name: str | None = None
+    git: str | None = None
+    ref: str | None = None
+    commit: str | None = None
+    environment: str | None = None
+    python_version: str | None = None
 
 
 class ModelOut(msgspec.Struct, kw_only=True):
@@ -70,7 +101,16 @@ class ModelOut(msgspec.Struct, kw_only=True):
     state: str
     reason: str
     access: Access
+    routing_mode: RoutingMode
     instances: int
+    gpu_type: str | None = None
+    gpu_count: int = 0
+    quota: str | None = None
+    cpu: float = 0.0
+    memory: int = 0
+    disk_size: int = 0
+    # While `waiting`: the 1-based place in line for its GPU type.
+    queue_position: int | None = None
     workers: int
     request_timeout: float
     latest: int | None

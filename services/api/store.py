@@ -13,7 +13,10 @@ from services.api.schemas import InstanceOut, ModelOut, VersionOut
 async def resolve(conn: asyncpg.Connection, ref: str, *, lock: bool = False) -> asyncpg.Record:
     """A model API by id or name; NotFound names what was asked for."""
     suffix = " FOR UPDATE" if lock else ""
-    row = await conn.fetchrow(f"SELECT * FROM models WHERE id = $1 OR name = $1{suffix}", ref)
+    # A terminated model API is gone for its users, and its name may be someone else's now.
+    row = await conn.fetchrow(
+        f"SELECT * FROM models WHERE (id = $1 OR name = $1) AND state <> 'terminated'{suffix}", ref
+    )
     if row is None:
         raise NotFound(f"no model API with id or name {ref!r}")
     return row
@@ -31,6 +34,12 @@ def _version(row: asyncpg.Record) -> VersionOut:
         entrypoint=msgspec.json.decode(row["entrypoint"], type=Entrypoint),
         created_by=row["created_by"],
         created_at=row["created_at"].isoformat(),
+        source_name=row["source_name"],
+        git=row["git_url"],
+        ref=row["git_ref"],
+        commit=row["commit"],
+        environment=row["environment"],
+        python_version=row["python_version"],
     )
 
 
@@ -46,7 +55,15 @@ async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: 
         state=row["state"],
         reason=row["reason"],
         access=row["access"],
+        routing_mode=row["routing_mode"],
         instances=row["instances"],
+        gpu_type=row["gpu_type"],
+        gpu_count=row["gpu_count"],
+        quota=row["quota"],
+        cpu=row["cpu"],
+        memory=row["memory"],
+        disk_size=row["disk_size"],
+        queue_position=row["queue_position"] if row["state"] == "waiting" else None,
         workers=row["workers"],
         request_timeout=row["request_timeout"],
         latest=row["latest"],

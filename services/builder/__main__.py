@@ -1,7 +1,10 @@
+import asyncio
+
 from pier import bus
 from pier.config import Settings
-from pier.events import StartBuild
+from pier.events import RunSchedule, StartBuild
 from pier.service import announce_ready, run
+from services.builder.runs import Runner
 from services.builder.worker import Builder
 
 
@@ -10,7 +13,13 @@ async def main(settings: Settings) -> None:
         worker = Builder(b, settings)
         await worker.sweep()
         await announce_ready(b, "builder")
-        await b.consume([StartBuild], worker.handle, durable="builder", concurrency=settings.build_concurrency)
+        runner = Runner(b, settings)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                b.consume([StartBuild], worker.handle, durable="builder", concurrency=settings.build_concurrency)
+            )
+            # A consumer of its own: a long training run never takes a build's slot.
+            tg.create_task(b.consume([RunSchedule], runner.handle, durable="builder-runs", concurrency=1))
 
 
 if __name__ == "__main__":

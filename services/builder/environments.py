@@ -19,16 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from pier.artifacts import Store
+from pier.events import BaseEnvironment
 from services.builder import atomic
 from services.builder.errors import BuildError
 from services.builder.processes import LineSink, ProcessTimeout, run
 
 MARKER = ".pier-env.json"
 # What the harness imports inside an instance, pinned to the platform's own versions so the
-# harness runs against what it was tested with.
-HARNESS_PACKAGES = ("aiohttp", "msgspec")
+# harness runs against what it was tested with (tests/unit/test_builder_environments.py checks
+# that this list covers every third-party import of pier/harness/).
+HARNESS_PACKAGES = ("aiohttp", "msgspec", "uvloop")
 
 
 class _Marker(msgspec.Struct):
@@ -54,16 +58,52 @@ def harness_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in HARNESS_PACKAGES]
 
 
-def env_hash(python: str, requirements: str | None, harness: Sequence[str]) -> str:
+def env_hash(python: str, requirements: str | None, harness: Sequence[str], base_packages: Sequence[str] = ()) -> str:
     """The identity of an environment: same inputs, same hash, one shared folder."""
-    inputs = {"python": python, "requirements": requirements, "harness": sorted(harness)}
+    inputs: dict[str, object] = {"python": python, "requirements": requirements, "harness": sorted(harness)}
+    if base_packages:
+        # Only present when a compute environment adds packages, so existing hashes stay valid.
+        inputs["base"] = sorted(base_packages)
     return hashlib.sha256(msgspec.json.encode(inputs, order="sorted")).hexdigest()
 
 
-def hash_for(requirements: Path | None) -> str:
-    """The environment hash for this platform and a source's requirements.txt (if any). Blocking."""
+def hash_for(requirements: Path | None, base: BaseEnvironment | None = None) -> str:
+    """The environment hash for this platform, a base environment and a source's requirements.txt
+    (if any). Blocking."""
     text = requirements.read_text(encoding="utf-8", errors="replace") if requirements else None
-    return env_hash(python_version(), text, harness_requirements())
+    python = base.python if base and base.python else python_version()
+    return env_hash(python, text, harness_requirements(), base.packages if base else ())
+
+
+def harness_clash(requirements: Path | None, base: BaseEnvironment | None = None) -> str | None:
+    """A requirement that excludes the version of a package the harness runs with, named with both
+    constraints; None when there is none. Found before uv runs, so the user reads what to change
+    instead of a resolver trace (clashes through dependencies are still uv's to report). Blocking."""
+    wanted: list[tuple[str, str]] = []
+    if base is not None:
+        wanted += [(f"environment {base.name or 'base'}", package) for package in base.packages]
+    if requirements:
+        for line in requirements.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith(("#", "-")):
+                wanted.append((requirements.name, line))
+    pinned = {canonicalize_name(name): version for name, version in _harness_pins()}
+    for where, text in wanted:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue  # uv reports it, in its own words
+        name = canonicalize_name(requirement.name)
+        if name in pinned and requirement.specifier and not requirement.specifier.contains(pinned[name], True):
+            return (
+                f"{where} asks for {requirement.name}{requirement.specifier}, but the harness inside every"
+                f" instance needs {requirement.name}=={pinned[name]}; change or drop that requirement"
+            )
+    return None
+
+
+def _harness_pins() -> list[tuple[str, str]]:
+    return [(name, importlib.metadata.version(name)) for name in HARNESS_PACKAGES]
 
 
 def uv_binary() -> str:
@@ -90,8 +130,10 @@ class Environments:
         # both running uv; other processes are kept apart by the rename.
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def ensure(self, digest: str, requirements: Path | None, on_line: LineSink) -> Environment:
-        """The environment `digest` (from `hash_for(requirements)`), built now unless it exists."""
+    async def ensure(
+        self, digest: str, requirements: Path | None, on_line: LineSink, base: BaseEnvironment | None = None
+    ) -> Environment:
+        """The environment `digest` (from `hash_for(requirements, base)`), built now unless it exists."""
         final = self.store.env(digest)
         async with self._locks.setdefault(digest, asyncio.Lock()):
             packages = await asyncio.to_thread(_read_marker, final)
@@ -102,7 +144,7 @@ class Environments:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = atomic.temp_beside(final, digest[:12])
             try:
-                packages = await self._create(tmp, requirements, on_line)
+                packages = await self._create(tmp, requirements, on_line, base)
                 if not await asyncio.to_thread(atomic.rename_into_place, tmp, final, MARKER):
                     packages = await asyncio.to_thread(_read_marker, final) or packages
             finally:
@@ -110,12 +152,18 @@ class Environments:
             await on_line(f"environment {digest[:12]} ready with {len(packages)} packages")
             return Environment(digest, final, packages)
 
-    async def _create(self, tmp: Path, requirements: Path | None, on_line: LineSink) -> list[str]:
+    async def _create(
+        self, tmp: Path, requirements: Path | None, on_line: LineSink, base: BaseEnvironment | None
+    ) -> list[str]:
         python = str(tmp / "bin" / "python")
-        await self._uv(["venv", "--relocatable", "--python", sys.executable, str(tmp)], on_line, "creating the venv")
+        interpreter = base.python if base and base.python else sys.executable
+        await self._uv(["venv", "--relocatable", "--python", interpreter, str(tmp)], on_line, "creating the venv")
         install = ["pip", "install", "--python", python]
         if requirements:
             install += ["-r", str(requirements)]
+        # The compute environment's packages resolve together with the user's requirements: layered
+        # on top means the user's pins win only where both can hold, and a conflict is uv's error.
+        install += base.packages if base else []
         await self._uv([*install, *harness_requirements()], on_line, "installing requirements")
 
         async def quiet(_: str) -> None:

@@ -8,9 +8,10 @@ extracted, so a large excluded data set costs no disk.
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
+import io
 import os
-import posixpath
 import tarfile
 import zlib
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pathspec
 
+from pier.tarballs import member_problem, normalize
 from services.builder.errors import BuildError
 
 IGNORE_FILE = ".modelignore"
@@ -37,37 +39,6 @@ class Extracted:
     excluded_size: int
 
 
-def normalize(name: str) -> str:
-    """A member name as a clean relative path ('./a//b' -> 'a/b'); '' for the root itself."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    return "/".join(parts)
-
-
-def member_problem(member: tarfile.TarInfo) -> str | None:
-    """Why this member must not be extracted, or None when it is safe."""
-    name = member.name
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return f"entry {name!r} has an absolute path"
-    if ".." in name.split("/"):
-        return f"entry {name!r} points outside the source (..)"
-    if member.isfifo():  # before isdev(), which counts FIFOs as devices too
-        return f"entry {name!r} is a FIFO"
-    if member.isdev():
-        return f"entry {name!r} is a device file"
-    if member.issym() or member.islnk():
-        target = member.linkname
-        if target.startswith("/"):
-            return f"entry {name!r} links to an absolute path {target!r}"
-        # Symlinks resolve from the link's own folder, hard links from the archive root.
-        base = posixpath.dirname(normalize(name)) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if resolved == ".." or resolved.startswith("../"):
-            return f"entry {name!r} links outside the source ({target!r})"
-    elif not (member.isfile() or member.isdir()):
-        return f"entry {name!r} is not a regular file, folder or link"
-    return None
-
-
 def ignore_spec(lines: Iterable[str]) -> pathspec.PathSpec:
     # GitIgnoreSpec: gitignore semantics (pathspec deprecated the plain GitWildMatchPattern).
     return pathspec.GitIgnoreSpec.from_lines(list(lines))
@@ -77,8 +48,9 @@ def is_ignored(spec: pathspec.PathSpec, path: str) -> bool:
     return path != IGNORE_FILE and spec.match_file(path)
 
 
-def extract(tarball: Path, dest: Path, max_size: int) -> Extracted:
-    """Unpack `tarball` into `dest` (which must exist), leaving out what `.modelignore` names.
+def extract(tarball: Path, dest: Path, max_size: int, *, apply_ignore: bool = True) -> Extracted:
+    """Unpack `tarball` into `dest` (which must exist), leaving out what `.modelignore` names
+    (unless `apply_ignore` is False: a scheduled run works on the whole source).
 
     Blocking: call it in a thread. Raises SourceError for anything that is the source's fault.
     """
@@ -87,7 +59,7 @@ def extract(tarball: Path, dest: Path, max_size: int) -> Extracted:
     try:
         with tarfile.open(tarball, mode="r:gz") as tar:
             members = tar.getmembers()
-            kept, excluded = _select(tar, members, max_size)
+            kept, excluded = _select(tar, members, max_size, apply_ignore)
             for member in kept:
                 member.name = normalize(member.name)
                 try:
@@ -111,13 +83,13 @@ def extract(tarball: Path, dest: Path, max_size: int) -> Extracted:
 
 
 def _select(
-    tar: tarfile.TarFile, members: list[tarfile.TarInfo], max_size: int
+    tar: tarfile.TarFile, members: list[tarfile.TarInfo], max_size: int, apply_ignore: bool = True
 ) -> tuple[list[tarfile.TarInfo], list[tarfile.TarInfo]]:
     for member in members:
         problem = member_problem(member)
         if problem:
             raise SourceError(problem)
-    spec = ignore_spec(_ignore_lines(tar, members))
+    spec = ignore_spec(_ignore_lines(tar, members) if apply_ignore else [])
     kept: list[tarfile.TarInfo] = []
     excluded: list[tarfile.TarInfo] = []
     for member in members:
@@ -180,3 +152,27 @@ def _file_digest(path: Path) -> bytes:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.digest()
+
+
+def pack(root: Path) -> bytes:
+    """`root` as a gzip'd tarball with sorted entries and no owners or times, so the same tree
+    packs to the same bytes (and so the same digest). Blocking."""
+    buffer = io.BytesIO()
+
+    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for path in sorted(_walk_all(root), key=lambda p: p.relative_to(root).as_posix()):
+            tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False, filter=plain)
+    return buffer.getvalue()
+
+
+def _walk_all(root: Path) -> Iterable[Path]:
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        yield from (base / name for name in dirs)
+        yield from (base / name for name in files)

@@ -10,21 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from pier import metrics
 from pier.artifacts import ImageManifest, Store
 from pier.bus import Bus
 from pier.config import Settings
 from pier.events import BuildFailed, BuildStarted, BuildSucceeded, StartBuild
-from services.builder import atomic, checks, environments, images, sources
+from pier.git import parse_schemes
+from services.builder import atomic, checks, environments, git, images, sources
 from services.builder.environments import Environments
 from services.builder.errors import BuildError
 
 logger = structlog.get_logger("builder")
+# Served on `pier.metrics.builder`, merged into the api's GET /metrics.
+BUILDS = metrics.REGISTRY.counter("pier_builder_builds_total", "Builds finished, by outcome", ("outcome",))
+BUILD_SECONDS = metrics.REGISTRY.histogram(
+    "pier_builder_build_duration_seconds",
+    "Time from a build's start to its outcome",
+    ("outcome",),
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+)
 _MAX_REASON = 500
+
+
+def _count_build(outcome: str, began: float) -> None:
+    BUILDS.inc(outcome)
+    BUILD_SECONDS.observe(time.monotonic() - began, outcome)
 
 
 class BuildLog:
@@ -55,12 +72,14 @@ class Builder:
         log = logger.bind(model_id=cmd.model_id, version=cmd.version)
         say = BuildLog(self.bus, cmd.model_id, cmd.version)
         await self.bus.publish(BuildStarted(id=cmd.derived_id("started"), model_id=cmd.model_id, version=cmd.version))
-        await say(f"build started from source {cmd.source[:12]}")
-        log.info("build started", source=cmd.source)
+        origin = f"git {cmd.git.url}" if cmd.git else f"source {cmd.source[:12]}"
+        await say(f"build started from {origin}")
+        log.info("build started", source=cmd.source, git=cmd.git.url if cmd.git else None)
         limit = asyncio.timeout(self.settings.build_timeout)
+        began = time.monotonic()
         try:
             async with limit:
-                manifest = await self._build(cmd, say)
+                manifest, built = await self._build(cmd, say)
         except BuildError as exc:
             reason = _one_line(str(exc))
         except TimeoutError:
@@ -68,6 +87,7 @@ class Builder:
                 raise  # a bus or network timeout inside: infrastructure, so retried
             reason = f"the build took longer than {self.settings.build_timeout:g} s"
         else:
+            _count_build("succeeded", began)
             await say(f"build succeeded: image {manifest.digest[:12]}")
             log.info("build succeeded", image=manifest.digest)
             await self.bus.publish(
@@ -77,23 +97,48 @@ class Builder:
                     version=cmd.version,
                     image=manifest.digest,
                     packages=manifest.packages,
+                    source=built.source,
+                    commit=built.commit,
+                    env_hash=manifest.env_hash,
                 )
             )
             return
+        _count_build("failed", began)
         await say(f"build failed: {reason}")
         log.info("build failed", reason=reason)
         await self.bus.publish(
             BuildFailed(id=cmd.derived_id("failed"), model_id=cmd.model_id, version=cmd.version, reason=reason)
         )
 
-    async def _build(self, cmd: StartBuild, say: BuildLog) -> ImageManifest:
+    async def _fetch(self, cmd: StartBuild, work: Path, say: BuildLog) -> Built:
+        """The source digest (and commit) to build: the upload's, or a git checkout stored as a source."""
+        if cmd.git is None:
+            return Built(source=cmd.source)
+        fetch_dir = work / "git"
+        await asyncio.to_thread(fetch_dir.mkdir, parents=True)
+        try:
+            fetched = await git.fetch(
+                cmd.git,
+                fetch_dir,
+                self.settings.artifacts,
+                self.settings.build_timeout,
+                say,
+                parse_schemes(self.settings.git_schemes),
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, fetch_dir, True)
+        digest = await asyncio.to_thread(self.store.put_source, fetched.tarball)
+        return Built(source=digest, commit=fetched.commit)
+
+    async def _build(self, cmd: StartBuild, say: BuildLog) -> tuple[ImageManifest, Built]:
         await asyncio.to_thread(_folder_of(self.store.image).mkdir, parents=True, exist_ok=True)
         work = atomic.temp_beside(self.store.image("-"), f"v{cmd.version}")
         code = work / "code"
         try:
             await asyncio.to_thread(code.mkdir, parents=True)
+            built = await self._fetch(cmd, work, say)
             extracted = await asyncio.to_thread(
-                sources.extract, self.store.source(cmd.source), code, self.settings.max_source_bytes
+                sources.extract, self.store.source(built.source), code, self.settings.max_source_bytes
             )
             await say(f"source unpacked: {extracted.files} files, {_size(extracted.size)}")
             if (code / sources.IGNORE_FILE).is_file():
@@ -103,18 +148,21 @@ class Builder:
             requirements = code / "requirements.txt"
             requirements_file = requirements if requirements.is_file() else None
             code_digest = await asyncio.to_thread(sources.tree_digest, code)
-            env_hash = await asyncio.to_thread(environments.hash_for, requirements_file)
+            env_hash = await asyncio.to_thread(environments.hash_for, requirements_file, cmd.environment)
             digest = images.image_digest(code_digest, env_hash, cmd.entrypoint)
 
             existing = await asyncio.to_thread(self.store.manifest, digest)
             if existing is not None:
                 await say(f"image {digest[:12]} already built")
-                return existing
+                return existing, built
 
             problem = await asyncio.to_thread(checks.static_problem, code, cmd.entrypoint)
             if problem:
                 raise BuildError(problem)
-            env = await self.environments.ensure(env_hash, requirements_file, say)
+            clash = await asyncio.to_thread(environments.harness_clash, requirements_file, cmd.environment)
+            if clash:
+                raise BuildError(clash)
+            env = await self.environments.ensure(env_hash, requirements_file, say, cmd.environment)
             runtime = work / "runtime"
             await asyncio.to_thread(images.copy_runtime, runtime)
             await say(f"checking that {cmd.entrypoint.file} imports")
@@ -133,10 +181,16 @@ class Builder:
             )
             if not await asyncio.to_thread(images.commit, work, self.store.image(digest), manifest):
                 await say(f"image {digest[:12]} was built concurrently; using that one")
-            return manifest
+            return manifest, built
         finally:
             # After a successful commit the folder has moved and there is nothing left to remove.
             await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+@dataclass(frozen=True)
+class Built:
+    source: str  # the digest of the source tarball the image was built from
+    commit: str | None = None
 
 
 def _folder_of(path_for: Callable[[str], Path]) -> Path:

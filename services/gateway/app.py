@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import contextlib
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,13 +14,14 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from pier import telemetry
+from pier import metrics, telemetry
 from pier.bus import Bus
 from pier.config import Settings
-from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, RouteRecord
+from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
 from pier.spec import Route, SpecError, coerce_query, match_template
 from services.gateway import table as table_module
-from services.gateway.balancer import Balancer
+from services.gateway.auth import CHALLENGE, Authenticator
+from services.gateway.balancer import Balancer, Shed
 from services.gateway.proxy import Proxy, Unreachable, UpstreamFailed, UpstreamTimeout
 from services.gateway.table import Table
 
@@ -26,6 +29,7 @@ log = structlog.get_logger("gateway")
 
 REQUEST_ID = "X-Request-Id"
 _request_id_key = web.RequestKey("request_id", str)
+_version_key = web.RequestKey("version", tuple)
 # What the instance may see of the client's request; Authorization stays at the gateway.
 _FORWARDED_HEADERS = ("Content-Type", "Accept")
 
@@ -41,11 +45,13 @@ class GatewayError(Exception):
         *,
         retry_after: int | None = None,
         errors: list[dict[str, str]] | None = None,
+        challenge: bool = False,
     ) -> None:
         super().__init__(message)
         self.status, self.kind, self.message = status, kind, message
         self.retry_after = retry_after
         self.errors = errors
+        self.challenge = challenge
 
 
 def _error_response(request_id: str, err: GatewayError) -> web.Response:
@@ -55,6 +61,8 @@ def _error_response(request_id: str, err: GatewayError) -> web.Response:
     headers = {REQUEST_ID: request_id}
     if err.retry_after is not None:
         headers["Retry-After"] = str(err.retry_after)
+    if err.challenge:
+        headers["WWW-Authenticate"] = CHALLENGE
     return web.Response(
         body=msgspec.json.encode({"error": detail, "request_id": request_id}),
         status=err.status,
@@ -68,7 +76,7 @@ def _errors_middleware(max_body: int) -> Any:
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        request_id = request.headers.get(REQUEST_ID) or os.urandom(16).hex()
         request[_request_id_key] = request_id
         try:
             return await handler(request)
@@ -92,12 +100,53 @@ def _too_large(limit: int) -> GatewayError:
     return GatewayError(413, "TooLarge", f"the body is over the limit of {limit} bytes")
 
 
+_UNAUTHORIZED = GatewayError(
+    401,
+    "Unauthorized",
+    "this model API needs an access token: send 'Authorization: Bearer <token>' (or HTTP Basic with the token)",
+    challenge=True,
+)
+
+
 class Gateway:
     def __init__(self, settings: Settings, table: Table, balancer: Balancer, proxy: Proxy) -> None:
         self.settings = settings
         self.table = table
         self.balancer = balancer
         self.proxy = proxy
+        self.auth = Authenticator(table)
+        self._tracing = bool(settings.otel_exporter)
+        self.registry = metrics.Registry()
+        labels = ("model", "version")
+        self.requests = self.registry.counter(
+            "pier_gateway_requests_total", "Calls answered, by model API, version and HTTP status", (*labels, "status")
+        )
+        self.latency = self.registry.histogram(
+            "pier_gateway_request_duration_seconds", "Time from a call's arrival to its answer", labels
+        )
+        self.shed = self.registry.counter(
+            "pier_gateway_shed_total", "Calls refused with 503 for overload (queue full or waited too long)", labels
+        )
+        self.registry.gauge(
+            "pier_gateway_in_flight", "Calls being served by instances", labels, source=self._in_flight_by_version
+        )
+        self.registry.gauge("pier_gateway_queued", "Calls waiting for capacity", labels, source=self._queued)
+
+    def _name(self, model_id: str) -> str:
+        record = self.table.routes.get(model_id)
+        return record.name if record else model_id
+
+    def _in_flight_by_version(self) -> list[tuple[tuple[str, ...], float]]:
+        totals: dict[tuple[str, ...], float] = {}
+        for instance_id, n in self.balancer.in_flight.items():
+            instance = self.table.instances.get(instance_id)
+            if instance is not None:
+                key = (self._name(instance.model_id), str(instance.version))
+                totals[key] = totals.get(key, 0) + n
+        return list(totals.items())
+
+    def _queued(self) -> list[tuple[tuple[str, ...], float]]:
+        return [((self._name(m), str(v)), float(n)) for (m, v), n in self.balancer.queued()]
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -105,6 +154,7 @@ class Gateway:
             middlewares=[_errors_middleware(self.settings.max_body_bytes)],
         )
         app.router.add_get("/ping", self.ping)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_route("*", "/models/{ref}/latest/{path:.+}", self.invoke)
         app.router.add_route("*", "/models/{ref}/labels/{label}/{path:.+}", self.invoke)
         return app
@@ -112,14 +162,39 @@ class Gateway:
     async def ping(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(text=self.registry.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
     async def invoke(self, request: web.Request) -> web.Response:
+        """Serve a call and count it: status, latency, by model API and version."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await self._invoke(request)
+            status = response.status
+            return response
+        except GatewayError as err:
+            status = err.status
+            raise
+        finally:
+            which = request.get(_version_key)
+            if which is not None:
+                labels = (which[0], str(which[1]))
+                self.requests.inc(*labels, str(status))
+                self.latency.observe(time.perf_counter() - started, *labels)
+
+    async def _invoke(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]
         label = request.match_info.get("label")
         path = "/" + request.match_info["path"]
         record = self.table.resolve(ref)
         if record is None:
             raise GatewayError(404, "NotFound", f"there is no model API {ref!r}")
+        # `/ping` stays open, so load balancers and uptime checks need no token.
+        if path != "/ping" and not self.auth.check(record, request.headers.get("Authorization")):
+            raise _UNAUTHORIZED
         version = _version(record, label)
+        request[_version_key] = (record.name, version)
         if path == "/ping":
             if request.method != "GET":
                 raise GatewayError(405, "MethodNotAllowed", "/ping answers GET")
@@ -129,7 +204,7 @@ class Gateway:
         if path == "/model":
             if request.method != "POST":
                 raise GatewayError(405, "MethodNotAllowed", "/model answers POST")
-            return await self._forward(request, record, version, "/model", "", await self._read(request))
+            return await self._forward(request, record, label, version, "/model", "", await self._read(request))
         route = _find_route(record, version, request.method, path)
         if route.verb == "GET":
             body = b""
@@ -146,7 +221,7 @@ class Gateway:
                 f"the request does not match {route.verb} {route.path}: {err}",
                 errors=[{"field": field, "problem": problem} for field, problem in err.errors],
             ) from None
-        return await self._forward(request, record, version, route.path, request.query_string, body)
+        return await self._forward(request, record, label, version, route.path, request.query_string, body)
 
     async def _read(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -155,28 +230,58 @@ class Gateway:
         return await request.read()  # aiohttp enforces the limit on bodies without Content-Length
 
     async def _forward(
-        self, request: web.Request, record: RouteRecord, version: int, path: str, query: str, body: bytes
+        self,
+        request: web.Request,
+        record: RouteRecord,
+        label: str | None,
+        version: int,
+        path: str,
+        query: str,
+        body: bytes,
+        *,
+        retried: bool = False,
     ) -> web.Response:
         request_id = request[_request_id_key]
+        incoming = request.headers
         headers = {REQUEST_ID: request_id}
         for name in _FORWARDED_HEADERS:
-            if name in request.headers:
-                headers[name] = request.headers[name]
-        bound = log.bind(request_id=request_id, model_id=record.model_id, version=version)
-        with telemetry.span_from(request.headers, f"gateway {request.method} {path}", model_id=record.model_id):
-            telemetry.inject(headers)
+            value = incoming.get(name)
+            if value is not None:
+                headers[name] = value
+        bound = _LazyLog(request_id, record.model_id, version)
+        # A span costs about a tenth of a call's time here: made only when traces go somewhere
+        # (an exporter is set) or the caller is tracing (it sent a traceparent to continue).
+        tracing = self._tracing or "traceparent" in incoming
+        with (
+            telemetry.span_from(incoming, f"gateway {request.method} {path}", model_id=record.model_id)
+            if tracing
+            else contextlib.nullcontext()
+        ):
+            if tracing:
+                telemetry.inject(headers)
             tried: list[str] = []
             # A refused connection sent nothing, so one retry elsewhere cannot run the model twice.
             for _ in range(2):
-                instance = self.balancer.choose(record.model_id, version, exclude=tried)
+                try:
+                    instance = await self.balancer.acquire(
+                        record.model_id, version, tried, record.queue_length, record.queue_timeout
+                    )
+                except Shed as shed:
+                    self.shed.inc(record.name, str(version))
+                    raise GatewayError(
+                        503,
+                        "Overloaded",
+                        f"{record.name!r} is at capacity: {shed.reason}; retry later",
+                        retry_after=shed.retry_after,
+                    ) from None
                 if instance is None:
                     break
                 tried.append(instance.instance_id)
+                started = time.perf_counter()
                 try:
-                    with self.balancer.track(instance.instance_id):
-                        reply = await self.proxy.forward(
-                            request.method, instance.address, path, query, body, headers, record.request_timeout
-                        )
+                    reply = await self.proxy.forward(
+                        request.method, instance.address, path, query, body, headers, record.request_timeout
+                    )
                 except Unreachable as exc:
                     bound.warning("instance unreachable", instance_id=instance.instance_id, error=str(exc))
                     continue
@@ -192,13 +297,37 @@ class Gateway:
                     raise GatewayError(
                         502, "BadGateway", "the instance closed the connection before answering"
                     ) from None
+                finally:
+                    self.balancer.release(instance, time.perf_counter() - started)
                 response_headers = {REQUEST_ID: request_id}
                 if reply.content_type:
                     response_headers["Content-Type"] = reply.content_type
                 return web.Response(body=reply.body, status=reply.status, headers=response_headers)
         if tried:
+            # The version may have just been replaced (a promote, a new version): its instances stop
+            # once the route moved on, so a call that raced the switch goes to the version now serving.
+            current = self.table.resolve(record.model_id)
+            if current is not None and not retried:
+                try:
+                    now = _version(current, label)
+                except GatewayError:
+                    now = version
+                if now != version:
+                    return await self._forward(request, current, label, now, path, query, body, retried=True)
             raise GatewayError(502, "BadGateway", "no instance of this version accepted the connection")
         raise _no_ready(record, version)
+
+
+class _LazyLog:
+    """The call's context for warnings, bound only when one is logged: binding costs on every call."""
+
+    __slots__ = ("model_id", "request_id", "version")
+
+    def __init__(self, request_id: str, model_id: str, version: int) -> None:
+        self.request_id, self.model_id, self.version = request_id, model_id, version
+
+    def warning(self, event: str, **fields: Any) -> None:
+        log.warning(event, request_id=self.request_id, model_id=self.model_id, version=self.version, **fields)
 
 
 def _version(record: RouteRecord, label: str | None) -> int:
@@ -252,10 +381,12 @@ def _decode_object(body: bytes) -> dict[str, Any]:
 async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
     """Load the table, then serve HTTP until the block ends."""
     table = Table()
-    kvs = {bucket: await bus.kv(bucket) for bucket in (ROUTES_BUCKET, INSTANCES_BUCKET)}
+    kvs = {bucket: await bus.kv(bucket) for bucket in (ROUTES_BUCKET, INSTANCES_BUCKET, TOKENS_BUCKET)}
     async with asyncio.TaskGroup() as tg, Proxy() as proxy:
         followers = await table_module.load(kvs, table, tg)
-        gateway = Gateway(settings, table, Balancer(table), proxy)
+        balancer = Balancer(table, settings.gateway_queue_length, settings.gateway_queue_timeout)
+        gateway = Gateway(settings, table, balancer, proxy)
+        followers.append(tg.create_task(gateway.auth.report_used(bus), name="report token use"))
         runner = web.AppRunner(gateway.app(), access_log=None)
         await runner.setup()
         try:

@@ -1,24 +1,26 @@
-"""The gateway's in-memory view of routes and instances, fed by KV watches.
+"""The gateway's in-memory view of routes, instances and access tokens, fed by KV watches.
 
 Requests never wait on NATS: every lookup is a dict access against this table, which the
-watches of `pier_routes` and `pier_instances` keep current.
+watches of `pier_routes`, `pier_instances` and `pier_tokens` keep current.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import msgspec
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceRecord, RouteRecord
+from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, InstanceRecord, RouteRecord, TokenRecord
 
 log = structlog.get_logger("gateway.table")
 
 _route_decoder = msgspec.json.Decoder(RouteRecord)
 _instance_decoder = msgspec.json.Decoder(InstanceRecord)
+_token_decoder = msgspec.json.Decoder(TokenRecord)
 
 
 class Table:
@@ -29,6 +31,9 @@ class Table:
         # Only ready instances are indexed: the hot path never filters by state.
         self._ready: dict[tuple[str, int], dict[str, InstanceRecord]] = {}
         self._revisions: dict[str, int] = {}
+        self.tokens: dict[str, TokenRecord] = {}
+        # Called with (model_id, version) when a version's ready instances change: queued calls may go.
+        self.on_ready_change: Callable[[str, int], None] | None = None
 
     def resolve(self, ref: str) -> RouteRecord | None:
         """A model API by id, else by name."""
@@ -56,6 +61,11 @@ class Table:
                 self._put_route(key, None if value is None else _route_decoder.decode(value))
             elif bucket == INSTANCES_BUCKET:
                 self._put_instance(key, None if value is None else _instance_decoder.decode(value))
+            elif bucket == TOKENS_BUCKET:
+                if value is None:
+                    self.tokens.pop(key, None)
+                else:
+                    self.tokens[key] = _token_decoder.decode(value)
         except msgspec.DecodeError as exc:
             # Keeping the last good value serves traffic better than dropping the key.
             log.error("undecodable record ignored", bucket=bucket, key=key, error=str(exc))
@@ -81,6 +91,9 @@ class Table:
             self.instances[instance_id] = record
             if record.state == "ready":
                 self._ready.setdefault((record.model_id, record.version), {})[instance_id] = record
+        if self.on_ready_change is not None:
+            for changed in {(r.model_id, r.version) for r in (old, record) if r is not None}:
+                self.on_ready_change(*changed)
 
 
 async def follow(kv: KeyValue, bucket: str, table: Table, loaded: asyncio.Event) -> None:

@@ -1,35 +1,28 @@
 """The health-check rules as pure counting: what one probe result means for an instance.
 
-No I/O and no clock here, so every rule is a unit test away. Per-model settings and back-off
-come later; `Policy` is the struct they will fill in.
+No I/O and no clock here, so every rule is a unit test away. `Policy` is a model API's
+`pier.events.HealthPolicy` (from its route record); `backoff` decides restarts.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import msgspec
 
-DEFAULT_INITIAL_DELAY = 0.0
-DEFAULT_PERIOD = 1.0
-# A fresh instance is probed faster so it takes traffic soon after it can.
+from pier.events import HealthPolicy
+
+Policy: TypeAlias = HealthPolicy
+DEFAULT_POLICY = Policy()
+DEFAULT_INITIAL_DELAY = DEFAULT_POLICY.initial_delay
+DEFAULT_PERIOD = DEFAULT_POLICY.period
+DEFAULT_TIMEOUT = DEFAULT_POLICY.timeout
+DEFAULT_FAILURE_THRESHOLD = DEFAULT_POLICY.failure_threshold
+# A fresh instance is probed faster (never slower than `period`) so it takes traffic soon after it can.
 STARTING_PERIOD = 0.2
-DEFAULT_TIMEOUT = 2.0
-DEFAULT_FAILURE_THRESHOLD = 3
 
 State = Literal["starting", "ready", "unhealthy"]
-
-
-class Policy(msgspec.Struct, kw_only=True, frozen=True):
-    initial_delay: float = DEFAULT_INITIAL_DELAY  # seconds after the instance started before the first probe
-    period: float = DEFAULT_PERIOD  # seconds between probes of a ready instance
-    starting_period: float = STARTING_PERIOD  # seconds between probes while starting
-    timeout: float = DEFAULT_TIMEOUT  # a probe slower than this has failed
-    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD  # failures in a row that make a ready instance unhealthy
-
-
-DEFAULT_POLICY = Policy()
 
 
 class Action(enum.Enum):
@@ -66,4 +59,25 @@ class ProbeCounter:
 
     def interval(self) -> float:
         """Seconds from the start of one probe to the start of the next."""
-        return self.policy.starting_period if self.state == "starting" else self.policy.period
+        return min(STARTING_PERIOD, self.policy.period) if self.state == "starting" else self.policy.period
+
+
+class Restart(msgspec.Struct, frozen=True):
+    """What to do about an instance that crashed or is unhealthy: restart after `delay`, or give up."""
+
+    attempt: int  # restarts in the window, this one included
+    delay: float
+    give_up: bool
+
+
+def backoff(policy: Policy, history: dict[str, float], cause: str, now: float) -> Restart:
+    """CrashLoopBackOff: the first restart in a window at once, then `restart_backoff` doubling up to
+    `restart_backoff_max`; one restart beyond `max_restarts` in `restart_window` gives up.
+    `history` maps each earlier cause (event id) to when it was seen; a cause seen before counts once."""
+    at = history.get(cause, now)
+    recent = sorted(t for c, t in history.items() if c != cause and at - policy.restart_window < t <= at)
+    attempt = len(recent) + 1
+    if attempt > policy.max_restarts:
+        return Restart(attempt=attempt, delay=0.0, give_up=True)
+    delay = 0.0 if attempt == 1 else min(policy.restart_backoff * 2 ** (attempt - 2), policy.restart_backoff_max)
+    return Restart(attempt=attempt, delay=delay, give_up=False)

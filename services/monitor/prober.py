@@ -1,7 +1,11 @@
 """Probing instances' `/health` and turning the results into instance state, events and restarts.
 
 One task per instance in `pier_instances`, started and cancelled by the KV watch. The rules
-that decide what a probe result means live in policy.py; this module does the I/O.
+that decide what a probe result means live in policy.py; this module does the I/O. Each model
+API's policy comes from its route record (`pier_routes`), read at every probe, so a change
+applies at once. With several monitor replicas each probes only the instances it owns
+(membership.py); the others keep following the records, ready to take over.
+Restarting an unhealthy instance is restarts.py's business: this module only reports it.
 """
 
 from __future__ import annotations
@@ -20,16 +24,24 @@ import msgspec
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from pier import metrics
 from pier.bus import Bus, kv_update
-from pier.events import INSTANCES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RestartInstance
+from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RouteRecord
+from services.monitor.membership import Membership
 from services.monitor.policy import DEFAULT_POLICY, Action, Policy, ProbeCounter
+
+# Served on `pier.metrics.monitor`, merged into the api's GET /metrics.
+PROBES = metrics.REGISTRY.counter("pier_monitor_probes_total", "Health probes of instances, by outcome", ("outcome",))
 
 log = structlog.get_logger("monitor.prober")
 
 PolicyFor = Callable[[InstanceRecord], Policy]
+# A ready instance writes a deployment log line this often, so a quiet log still says it is alive.
+HEARTBEAT_EVERY = 60.0
 # Fixed, so every monitor replica derives the same event ids and JetStream drops the copies.
 _NAMESPACE = uuid.UUID("6f1f7a52-2d0e-4c55-9d6e-5f0e3c1b8a41")
 _decoder = msgspec.json.Decoder(InstanceRecord)
+_route_decoder = msgspec.json.Decoder(RouteRecord)
 
 
 def incarnation_id(record: InstanceRecord) -> uuid.UUID:
@@ -68,15 +80,45 @@ class Prober:
         kv: KeyValue,
         session: aiohttp.ClientSession,
         tg: asyncio.TaskGroup,
-        policy_for: PolicyFor = default_policy,
+        policy_for: PolicyFor | None = None,
+        membership: Membership | None = None,
+        heartbeat_every: float = HEARTBEAT_EVERY,
     ) -> None:
         self.bus = bus
         self.kv = kv
         self.session = session
         self.tg = tg
-        self.policy_for = policy_for
+        self.routes: dict[str, RouteRecord] = {}
+        self.policy_for = policy_for or self.route_policy
+        self.membership = membership
+        self.heartbeat_every = heartbeat_every
         self._watched: dict[str, _Watched] = {}
         self._revision = 0
+
+    def route_policy(self, record: InstanceRecord) -> Policy:
+        route = self.routes.get(record.model_id)
+        return route.health if route is not None else DEFAULT_POLICY
+
+    def owns(self, instance_id: str) -> bool:
+        return self.membership is None or self.membership.owns(instance_id)
+
+    async def follow_routes(self, kv: KeyValue, loaded: asyncio.Event) -> None:
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    loaded.set()
+                    continue
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    self.routes.pop(entry.key, None)
+                    continue
+                try:
+                    self.routes[entry.key] = _route_decoder.decode(entry.value or b"")
+                except msgspec.DecodeError as exc:
+                    log.error("undecodable route record ignored", model_id=entry.key, error=str(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
 
     @property
     def probing(self) -> set[str]:
@@ -134,13 +176,20 @@ class Prober:
 
     async def _probe_loop(self, watched: _Watched) -> None:
         record, counter = watched.record, watched.counter
-        policy = counter.policy
         bound = log.bind(instance_id=record.instance_id, model_id=record.model_id, version=record.version)
-        await asyncio.sleep(max(0.0, record.started_at + policy.initial_delay - time.time()))
+        # No probe before the initial delay, counted from the start of this run of the instance.
+        await asyncio.sleep(max(0.0, record.started_at + counter.policy.initial_delay - time.time()))
         loop = asyncio.get_running_loop()
+        last_heartbeat = loop.time()
         while True:
             began = loop.time()
+            counter.policy = policy = self.policy_for(record)
+            if not self.owns(record.instance_id):
+                # Another replica probes it; we follow its record and take over if that replica goes.
+                await asyncio.sleep(counter.interval())
+                continue
             healthy, reason = await self._probe(record.address, policy.timeout)
+            PROBES.inc("healthy" if healthy else "unhealthy")
             action = counter.on_success() if healthy else counter.on_failure()
             if not healthy:
                 bound.debug("probe failed", state=counter.state, failures=counter.failures, reason=reason)
@@ -150,8 +199,18 @@ class Prober:
             elif action is Action.MARK_UNHEALTHY:
                 why = f"{counter.failures} health checks failed in a row; the last: {reason}"
                 await _until_done(functools.partial(self._mark_unhealthy, record, why), bound)
-                bound.warning("instance unhealthy; restart requested", reason=why)
+                bound.warning("instance unhealthy", reason=why)
                 return
+            elif healthy and counter.state == "ready" and began - last_heartbeat >= self.heartbeat_every:
+                last_heartbeat = began
+                with contextlib.suppress(Exception):  # a heartbeat lost to a NATS hiccup is not worth a retry
+                    await self.bus.log(
+                        record.model_id,
+                        "deployment",
+                        f"heartbeat: instance {record.instance_id} ready, health checks passing",
+                        version=record.version,
+                        instance_id=record.instance_id,
+                    )
             await asyncio.sleep(max(0.0, counter.interval() - (loop.time() - began)))
 
     async def _probe(self, address: str, timeout: float) -> tuple[bool, str]:
@@ -181,10 +240,8 @@ class Prober:
             instance_id=record.instance_id,
             reason=reason,
         )
+        # restarts.py turns the event into a restart, with back-off.
         await self.bus.publish(event)
-        await self.bus.publish(
-            RestartInstance(id=event.derived_id("restart"), instance_id=record.instance_id, reason=reason)
-        )
 
     async def _set_state(self, record: InstanceRecord, state: Literal["ready", "unhealthy"]) -> bool:
         """Compare-and-set the state of this incarnation; False when the key is gone or holds another one."""
@@ -240,18 +297,28 @@ async def _until_done(action: Callable[[], Awaitable[None]], bound: structlog.st
 
 
 @asynccontextmanager
-async def running(bus: Bus, policy_for: PolicyFor = default_policy) -> AsyncIterator[Prober]:
+async def running(
+    bus: Bus,
+    policy_for: PolicyFor | None = None,
+    membership: Membership | None = None,
+    heartbeat_every: float = HEARTBEAT_EVERY,
+) -> AsyncIterator[Prober]:
     """Probe every instance in the bucket until the block ends; returns once the initial ones are known."""
     kv = await bus.kv(INSTANCES_BUCKET)
+    routes = await bus.kv(ROUTES_BUCKET)
     # A fresh connection per probe, as kubelet does: a probe then also proves the instance still accepts them.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session, asyncio.TaskGroup() as tg:
-        prober = Prober(bus, kv, session, tg, policy_for)
-        loaded = asyncio.Event()
+        prober = Prober(bus, kv, session, tg, policy_for, membership, heartbeat_every)
+        routes_loaded, loaded = asyncio.Event(), asyncio.Event()
+        # Policies first, so no instance is probed under the defaults by mistake.
+        route_watch = tg.create_task(prober.follow_routes(routes, routes_loaded), name="follow routes")
+        await routes_loaded.wait()
         watch = tg.create_task(prober.follow(loaded), name="follow instances")
         try:
             await loaded.wait()
             yield prober
         finally:
             watch.cancel()
+            route_watch.cancel()
             prober.stop()

@@ -10,6 +10,7 @@ from pier.config import Settings
 from pier.events import PlaceModel, RestartInstance, StopModel
 from pier.service import announce_ready, run
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
+from services.scheduler.inventory import discover
 from services.scheduler.logship import LogShipper
 from services.scheduler.runtimes.local import LocalRuntime
 
@@ -21,8 +22,9 @@ async def main(settings: Settings) -> None:
         pool = await db.create_pool(settings, "scheduler")
         try:
             await db.migrate(pool, MIGRATIONS)
-            controller = Controller(pool, b, LocalRuntime(settings))
+            controller = Controller(pool, b, LocalRuntime(settings), discover(settings.gpus))
             await controller.reconcile()
+            await controller.serve_plans()
             await announce_ready(b, "scheduler")
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(outbox.Relay(pool, b, OUTBOX_CHANNEL).run())

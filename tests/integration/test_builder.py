@@ -149,6 +149,10 @@ async def test_second_build_with_the_same_requirements_reuses_the_environment(se
     manifest = platform.store.manifest(second.image)
     assert manifest is not None
     assert await platform.logged(second_cmd, f"environment {manifest.env_hash[:12]} cached")
+    await platform.logged(second_cmd, f"build succeeded: image {second.image[:12]}")
+    # uv ran neither a venv creation nor an install for the second build.
+    log = platform.log(second_cmd)
+    assert not any(line.startswith(("creating environment", "Resolved", "Installed", "Using CPython")) for line in log)
 
 
 async def test_missing_function_fails_naming_it(settings: Settings) -> None:
@@ -203,6 +207,54 @@ async def test_tarball_escaping_the_source_is_rejected_naming_the_entry(settings
     assert "'../evil'" in result.reason
     assert not (settings.artifacts / "images" / "evil").exists()
     assert not (settings.artifacts / "evil").exists()
+
+
+def _member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "named", "problem"),
+    [
+        (_member("/etc/cron.d/evil", tarfile.REGTYPE), "/etc/cron.d/evil", "absolute path"),
+        (_member("a/../../evil", tarfile.REGTYPE), "a/../../evil", "outside"),
+        (_member("escape", tarfile.SYMTYPE, "../../../etc/passwd"), "escape", "links outside"),
+        (_member("hard", tarfile.LNKTYPE, "../outside"), "hard", "links outside"),
+        (_member("abs-link", tarfile.SYMTYPE, "/etc/passwd"), "abs-link", "absolute path"),
+        (_member("disk", tarfile.BLKTYPE), "disk", "device file"),
+        (_member("tty", tarfile.CHRTYPE), "tty", "device file"),
+        (_member("pipe", tarfile.FIFOTYPE), "pipe", "FIFO"),
+    ],
+    ids=["absolute", "dotdot", "symlink-out", "hardlink-out", "symlink-absolute", "block-dev", "char-dev", "fifo"],
+)
+async def test_each_kind_of_bad_tarball_entry_fails_the_build_naming_it(
+    settings: Settings, member: tarfile.TarInfo, named: str, problem: str
+) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = PREDICT.encode()
+        good = tarfile.TarInfo("predict.py")
+        good.size = len(data)
+        tar.addfile(good, io.BytesIO(data))
+        tar.addfile(member)
+    async with running_builder(settings) as platform:
+        cmd = StartBuild(
+            model_id=uuid.uuid4().hex,
+            version=1,
+            source=platform.store.put_source(buffer.getvalue()),
+            entrypoint=ENTRYPOINT,
+        )
+        await platform.bus.publish(cmd)
+        result = await platform.outcome(cmd)
+        assert await platform.logged(cmd, f"build failed: {result.reason}" if isinstance(result, BuildFailed) else "")
+
+    assert isinstance(result, BuildFailed), result
+    assert repr(named) in result.reason and problem in result.reason
+    assert not (settings.artifacts / "images").exists() or not any(
+        (p / "image.json").exists() for p in (settings.artifacts / "images").iterdir()
+    )
 
 
 async def test_redelivered_build_of_a_built_image_succeeds_without_rebuilding(settings: Settings) -> None:

@@ -80,10 +80,11 @@ class Harness:
 
 
 @contextlib.contextmanager
-def _harness_process(workdir: Path, entrypoint: Entrypoint) -> Iterator[Harness]:
+def _harness_process(workdir: Path, entrypoint: Entrypoint, extra: dict[str, str] | None = None) -> Iterator[Harness]:
     port = free_port()
     env = {
         **os.environ,
+        **(extra or {}),
         "PIER_WORKING_DIR": str(workdir),
         "PIER_ENTRYPOINT": msgspec.json.encode(entrypoint).decode(),
         "PIER_PORT": str(port),
@@ -100,7 +101,11 @@ def _harness_process(workdir: Path, entrypoint: Entrypoint) -> Iterator[Harness]
 
 @contextlib.asynccontextmanager
 async def start_harness(
-    tmp_path: Path, code: str, entrypoint: Entrypoint, files: dict[str, str] | None = None
+    tmp_path: Path,
+    code: str,
+    entrypoint: Entrypoint,
+    files: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Harness]:
     """A real instance: the harness serving `code` as model.py from a directory of its own."""
     workdir = tmp_path / f"instance-{uuid.uuid4().hex[:8]}"
@@ -108,7 +113,7 @@ async def start_harness(
     (workdir / "model.py").write_text(textwrap.dedent(code))
     for name, text in (files or {}).items():
         (workdir / name).write_text(text)
-    with _harness_process(workdir, entrypoint) as harness:
+    with _harness_process(workdir, entrypoint, env) as harness:
         await asyncio.to_thread(wait_for_port, int(harness.address.rsplit(":", 1)[1]), harness.proc, "harness")
         yield harness
 

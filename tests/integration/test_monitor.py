@@ -15,11 +15,20 @@ import pytest
 from pier import bus
 from pier.bus import Bus
 from pier.config import Settings
-from pier.events import INSTANCES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RestartInstance
+from pier.events import (
+    INSTANCES_BUCKET,
+    HealthPolicy,
+    InstanceReady,
+    InstanceRecord,
+    InstanceUnhealthy,
+    RestartInstance,
+    RouteRecord,
+    VersionRoute,
+)
 from pier.spec import Entrypoint
 from services.monitor.__main__ import main as monitor_main
-from services.monitor.policy import DEFAULT_FAILURE_THRESHOLD
 from services.monitor.prober import incarnation_id, running
+from services.monitor.restarts import Restarter, restarts_bucket
 from tests.integration.test_gateway import last_revision, start_harness
 from tests.support import until
 
@@ -36,6 +45,30 @@ def health():
     return healthy
 """
 ENTRYPOINT = Entrypoint(file="model.py", function="predict", health_function="health")
+# Fast probes, so a test sees a few periods in well under a second.
+FAST = HealthPolicy(period=0.1, timeout=1.0, failure_threshold=3)
+FAILURE_THRESHOLD = FAST.failure_threshold
+
+
+def fast(_: InstanceRecord) -> HealthPolicy:
+    return FAST
+
+
+@contextlib.asynccontextmanager
+async def restarting(b: Bus, policy: HealthPolicy = FAST) -> AsyncIterator[Restarter]:
+    """The monitor's restarter, with every model API under `policy`."""
+    serving = {str(v): VersionRoute(number=v, id=f"v{v}", entrypoint=ENTRYPOINT) for v in (1, 3)}
+    route = RouteRecord(model_id="m1", name="m1", health=policy, versions=serving)
+    restarter = Restarter(b, await restarts_bucket(b), lambda _: route)
+    task = asyncio.create_task(restarter.run())
+    try:
+        yield restarter
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 M = TypeVar("M", bound=msgspec.Struct)
 
 
@@ -114,7 +147,8 @@ async def test_failing_health_marks_unhealthy_after_threshold_failures_and_asks_
 ) -> None:
     async with (
         start_harness(tmp_path, CODE, ENTRYPOINT, files={"healthy.txt": "yes"}) as harness,
-        running(b) as prober,
+        running(b, policy_for=fast) as prober,
+        restarting(b),
         consuming(b, [InstanceUnhealthy], "t-unhealthy") as events,
         consuming(b, [RestartInstance], "t-restart") as commands,
     ):
@@ -130,11 +164,9 @@ async def test_failing_health_marks_unhealthy_after_threshold_failures_and_asks_
         await until(lambda: record.instance_id not in prober.probing)
 
         probes = (workdir / "probes.log").read_text().split()
-    assert probes.count("False") == DEFAULT_FAILURE_THRESHOLD
-    assert probes[-DEFAULT_FAILURE_THRESHOLD:] == ["False"] * DEFAULT_FAILURE_THRESHOLD
-    assert [(c.instance_id, "health() returned a falsy value" in c.reason) for c in restarts] == [
-        (record.instance_id, True)
-    ]
+    assert probes.count("False") == FAILURE_THRESHOLD
+    assert probes[-FAILURE_THRESHOLD:] == ["False"] * FAILURE_THRESHOLD
+    assert [(c.instance_id, "health() returned" in c.reason) for c in restarts] == [(record.instance_id, True)]
     assert [(e.instance_id, e.model_id, e.version) for e in unhealthy] == [(record.instance_id, "m1", 3)]
 
 
@@ -145,7 +177,8 @@ async def _state_is(b: Bus, instance_id: str, state: str) -> bool:
 async def test_unreachable_ready_instance_becomes_unhealthy(b: Bus, tmp_path: Path) -> None:
     async with (
         start_harness(tmp_path, CODE, ENTRYPOINT, files={"healthy.txt": "yes"}) as harness,
-        running(b),
+        running(b, policy_for=fast),
+        restarting(b),
         consuming(b, [RestartInstance], "t-restart") as commands,
     ):
         record = _record(harness.address)

@@ -32,6 +32,7 @@ def test_harness_requirements_pin_the_platforms_versions() -> None:
     assert harness_requirements() == [
         f"aiohttp=={importlib.metadata.version('aiohttp')}",
         f"msgspec=={importlib.metadata.version('msgspec')}",
+        f"uvloop=={importlib.metadata.version('uvloop')}",
     ]
 
 
@@ -65,3 +66,22 @@ def test_runtime_ships_the_harness_and_spec_but_not_the_platform() -> None:
     shipped = {relative for _, relative in runtime_files()}
     assert {"pier/__init__.py", "pier/spec.py", "pier/harness/loader.py", "pier/harness/server.py"} <= shipped
     assert "pier/bus.py" not in shipped
+
+
+def test_every_third_party_module_the_harness_imports_is_installed_in_each_environment() -> None:
+    """An instance runs the harness in the user's environment: a harness import missing from
+    HARNESS_PACKAGES builds fine and then fails every instance at start."""
+    import ast
+    import sys
+
+    from services.builder.environments import HARNESS_PACKAGES
+
+    imported: set[str] = set()
+    for path, _ in runtime_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"pier", "__future__"}
+    assert third_party <= set(HARNESS_PACKAGES), third_party - set(HARNESS_PACKAGES)

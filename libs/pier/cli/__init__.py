@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pier.cli import deploy, models
+from pier.cli import control, deploy, environments, logs, models, schedules, settings, sources, tokens
 from pier.client import ApiError, Client
 
-COMMANDS = [deploy, models]
+COMMANDS = [deploy, models, sources, environments, schedules, logs, settings, tokens, control]
 
 
 def parser() -> argparse.ArgumentParser:

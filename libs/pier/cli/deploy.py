@@ -24,25 +24,48 @@ def _load_routes(path: str | None) -> list[dict[str, Any]]:
 
 def _example_curl(client: Client, model: dict[str, Any]) -> str:
     url = f"{client.gateway_url}/models/{model['name']}/latest/model"
-    return f"curl -s -X POST {shlex.quote(url)} -H 'Content-Type: application/json' -d '{{\"data\": {{}}}}'"
+    auth = ' -H "Authorization: Bearer $TOKEN"' if model.get("access") == "restricted" else ""
+    return f"curl -s -X POST {shlex.quote(url)}{auth} -H 'Content-Type: application/json' -d '{{\"data\": {{}}}}'"
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
-    path = Path(args.path)
-    if not path.is_dir():
-        raise SystemExit(f"{path} is not a directory")
-    print(f"packing {path} ...", flush=True)
-    digest = client.upload_source(path)
-    code = {"source": digest, "file": args.file, "function": args.function, "routes": _load_routes(args.routes)}
+    code: dict[str, Any] = {"file": args.file, "function": args.function, "routes": _load_routes(args.routes)}
+    origins = [o for o in (args.path, args.git, args.source) if o]
+    if len(origins) != 1:
+        raise SystemExit("give exactly one of: a folder (PATH), --git URL, --source NAME")
+    if args.git:
+        code.update(git=args.git, ref=args.ref, git_credential=args.git_credential)
+    elif args.source:
+        code["source_name"] = args.source
+    else:
+        path = Path(args.path)
+        if not path.is_dir():
+            raise SystemExit(f"{path} is not a directory")
+        print(f"packing {path} ...", flush=True)
+        code["source"] = client.upload_source(path)
+    if args.environment:
+        code["environment"] = args.environment
+    if args.python_version:
+        code["python_version"] = args.python_version
+    code = {k: v for k, v in code.items() if v is not None}
     if args.health_function:
         code["health_function"] = args.health_function
+    health = {f: getattr(args, f) for f in HEALTH_FLAGS if getattr(args, f) is not None}
     if client.exists(args.name):
+        gateway = {"access": "unrestricted"} if args.unrestricted else {}
+        if args.routing_mode:
+            gateway["routing_mode"] = args.routing_mode
+        if health or gateway:
+            client.change_settings(args.name, **health, **gateway)
         version = client.create_version(args.name, **code)
         print(f"{args.name}: building version {version}", flush=True)
     else:
-        spec = {**code, "name": args.name, "instances": args.instances, "request_timeout": args.request_timeout}
+        spec = {**code, **health, "name": args.name, **resource_spec(args)}
+        spec.setdefault("request_timeout", 60.0)
         if args.workers:
             spec["workers"] = args.workers
+        spec["access"] = "unrestricted" if args.unrestricted else "restricted"
+        spec["routing_mode"] = args.routing_mode or "basic"
         client.create_model(**spec)
         version = 1
         print(f"{args.name}: created; building version 1", flush=True)
@@ -51,30 +74,74 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
         detail = f", version {version} {mine['state']}" if mine else ""
         print(f"  {model['state']}{detail}", flush=True)
 
-    model = client.wait(args.name, version, timeout=args.timeout, on_change=progress)
+    model = client.wait(args.name, version, timeout=args.wait, on_change=progress)
     mine = next(v for v in model["versions"] if v["number"] == version)
     if mine["state"] == "failed" or model["state"] == "failed":
         print(f"deploy failed: {mine['reason'] or model['reason']}", file=sys.stderr)
         return 1
+    if model["state"] == "waiting":
+        # Queued for GPUs: not an error; it starts on its own when GPUs free up.
+        print(f"{args.name} is waiting for GPUs: place {model.get('queue_position')} in line ({model['reason']})")
+        return 0
     if model["state"] != "running":
         print(f"{args.name} is {model['state']}: {model['reason']}")
         return 0
     print(f"{args.name} version {version} is serving")
     print(f"  URL:  {client.gateway_url}/models/{model['name']}/latest/model")
     print(f"  try:  {_example_curl(client, model)}")
+    if model.get("access") == "restricted":
+        print(f"  it is restricted: create a token with `pier tokens create {model['name']} --name LABEL`")
     return 0
 
 
+def add_resource_flags(p: Any) -> None:
+    """What a model API runs on (docs/scheduling.md), shared with `pier plan`; fixed once created."""
+    p.add_argument("--instances", type=int, help="instances, 1 to 32 (default 2)")
+    p.add_argument("--gpu-type", help="the GPU type (`pier gpus` lists them)")
+    p.add_argument("--gpu-count", type=int, help="GPUs per instance, 0 to 4 (default 0: CPU only)")
+    p.add_argument("--quota", help="a named resource quota (CPU and memory per instance)")
+    p.add_argument("--disk-size", help="each instance's working directory limit, e.g. 512m or 10g")
+
+
+def resource_spec(args: argparse.Namespace) -> dict[str, Any]:
+    fields = ("instances", "gpu_type", "gpu_count", "quota", "disk_size")
+    return {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+
+
+# The health-check policy and request timeout (docs/health.md), shared with `pier settings`.
+HEALTH_FLAGS = ("initial_delay", "period", "timeout", "failure_threshold", "request_timeout")
+
+
+def add_health_flags(p: Any) -> None:
+    p.add_argument("--initial-delay", type=float, help="seconds after an instance starts before its first probe")
+    p.add_argument("--period", type=float, help="seconds between health probes")
+    p.add_argument("--timeout", type=float, help="a probe slower than this many seconds has failed")
+    p.add_argument("--failure-threshold", type=int, help="failed probes in a row that make an instance unhealthy")
+    p.add_argument("--request-timeout", type=float, help="seconds a call may take (504 after; default 60)")
+
+
 def register(sub: Any) -> None:
-    d = sub.add_parser("deploy", help="deploy a folder as a model API (or a new version of one)")
-    d.add_argument("path")
+    d = sub.add_parser("deploy", help="deploy a folder, a named source or a git ref as a model API (or a new version)")
+    d.add_argument("path", nargs="?", help="a folder to upload (or give --git or --source)")
+    d.add_argument("--git", help="a git repository URL, fetched at build time")
+    d.add_argument("--ref", help="with --git: a branch, tag or commit (default: the remote's default branch)")
+    d.add_argument("--git-credential", help="with --git: the name of a registered git credential")
+    d.add_argument("--source", help="a named source (`pier sources push PATH --name NAME`)")
+    d.add_argument("--environment", help="a compute environment (`pier environments`)")
+    d.add_argument("--python-version", help="the Python version of the environment, e.g. 3.11")
     d.add_argument("--name", required=True)
     d.add_argument("--file", default="predict.py", help="the entry file (default predict.py)")
     d.add_argument("--function", default="predict", help="the function to serve (default predict)")
     d.add_argument("--routes", help="a YAML file whose top-level key `routes` lists the routes")
     d.add_argument("--health-function")
     d.add_argument("--workers", type=int)
-    d.add_argument("--instances", type=int, default=1)
-    d.add_argument("--request-timeout", type=float, default=60.0)
-    d.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the deploy")
+    add_resource_flags(d)
+    d.add_argument("--unrestricted", action="store_true", help="callable without an access token (default: restricted)")
+    d.add_argument(
+        "--routing-mode",
+        choices=("basic", "advanced"),
+        help="basic: only `latest` serves (default); advanced: `latest` and promoted labels such as prod",
+    )
+    add_health_flags(d)
+    d.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the deploy (default 600)")
     d.set_defaults(func=cmd_deploy)

@@ -27,6 +27,11 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     print(f"{model['name']}  ({model['id']})")
     print(f"  state:     {model['state']}" + (f" ({model['reason']})" if model["reason"] else ""))
     print(f"  latest:    version {model['latest']}" if model["latest"] else "  latest:    none yet")
+    if model.get("queue_position"):
+        print(f"  queue:     place {model['queue_position']} in line for {model['gpu_type']} GPUs")
+    gpus = f"{model['gpu_count']} x {model['gpu_type']} GPU(s)" if model.get("gpu_count") else "CPU only"
+    quota = f", quota {model['quota']}" if model.get("quota") else ""
+    print(f"  runs on:   {model.get('instances')} instance(s), {gpus}{quota}")
     print(f"  url:       {model['url']}")
     for inst in model["running_instances"]:
         print(f"  instance   {inst['instance_id']}  v{inst['version']}  {inst['state']}  {inst['address']}")
@@ -50,7 +55,14 @@ def cmd_versions(client: Client, args: argparse.Namespace) -> int:
         return 0
     for v in versions:
         reason = f"  {v['reason']}" if v["reason"] else ""
-        print(f"{v['number']:>4}  {v['state']:<9} {v['source'][:12]}  {v['created_at']}{reason}")
+        if v.get("git"):
+            commit = (v.get("commit") or "")[:12] or (v.get("ref") or "default branch")
+            source = f"{v['git']}@{commit}"
+        else:
+            source = f"{v['source_name']}:" if v.get("source_name") else ""
+            source += v["source"][:12]
+        environment = v.get("environment") or v.get("python_version") or "-"
+        print(f"{v['number']:>4}  {v['state']:<9} {source}  env={environment}  {v['created_at']}{reason}")
     return 0
 
 

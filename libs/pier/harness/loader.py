@@ -39,6 +39,12 @@ class Functions:
             if not path.is_file():
                 raise LoadError(f"entry file {file} does not exist")
             module_name = file[:-3].replace("/", ".")
+            known = sys.modules.get(module_name)
+            if known is not None and _same_file(getattr(known, "__file__", None), path):
+                # Another entry file already imported it: running it again would repeat its
+                # module-level initialisation and split its state in two.
+                self.modules[file] = known
+                return known
             spec = importlib.util.spec_from_file_location(module_name, path)
             assert spec and spec.loader
             module = importlib.util.module_from_spec(spec)
@@ -51,12 +57,49 @@ class Functions:
         return self.table[(file, name)]
 
 
-def bind_error(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> str | None:
-    """Why these arguments cannot be passed to `func` (missing or unexpected ones), or None."""
+def _same_file(a: str | None, b: Path) -> bool:
     try:
-        inspect.signature(func).bind(*args, **kwargs)
-    except TypeError as exc:
-        return str(exc)
-    except ValueError:
-        return None  # no signature (a builtin): let the call decide
-    return None
+        return a is not None and Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+_P = inspect.Parameter
+
+
+def argument_problems(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every reason these arguments cannot be passed to `func`, as (argument, problem) pairs.
+
+    `inspect.Signature.bind` stops at the first problem; a caller fixing a request wants them all.
+    """
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return []  # no signature to read (a builtin): let the call decide
+    params = list(signature.parameters.values())
+    by_position = [p for p in params if p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)]
+    takes_varargs = any(p.kind == _P.VAR_POSITIONAL for p in params)
+    takes_varkw = any(p.kind == _P.VAR_KEYWORD for p in params)
+    problems: list[tuple[str, str]] = []
+    if len(args) > len(by_position) and not takes_varargs:
+        problems.append(("parameters", f"takes {len(by_position)} positional arguments but {len(args)} were given"))
+    given_by_position = {p.name for p in by_position[: len(args)]}
+    for name in kwargs:
+        param = signature.parameters.get(name)
+        if param is None or param.kind in (_P.VAR_POSITIONAL, _P.VAR_KEYWORD, _P.POSITIONAL_ONLY):
+            if not takes_varkw:
+                problems.append((name, "is not an argument of the function"))
+        elif name in given_by_position:
+            problems.append((name, "is given twice, by position and by name"))
+    for param in params:
+        if param.default is not _P.empty or param.kind in (_P.VAR_POSITIONAL, _P.VAR_KEYWORD):
+            continue
+        by_name = param.name in kwargs and param.kind != _P.POSITIONAL_ONLY
+        if param.name not in given_by_position and not by_name:
+            problems.append((param.name, "is required"))
+    if not problems:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:  # a case the rules above do not know: still name it
+            problems.append(("arguments", str(exc)))
+    return problems

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -50,6 +51,11 @@ class InstanceSpec(msgspec.Struct, kw_only=True, frozen=True):
     request_timeout: float = 60.0
     # Devices chosen by placement, handed over as CUDA_VISIBLE_DEVICES; none means no GPU at all.
     gpu_devices: tuple[str, ...] = ()
+    # The resource quota (0: no limit) and the work dir's disk limit, enforced by the controller.
+    quota: str = ""
+    cpu: float = 0.0
+    memory: int = 0
+    disk_size: int = 0
 
 
 class Handle(msgspec.Struct, kw_only=True, frozen=True):
@@ -131,6 +137,7 @@ class LocalRuntime:
             "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_devices),
         }
         argv = [manifest.python, "-m", "pier.harness"]
+        self.note(spec.instance_id, _describe_limits(spec))
         try:
             proc = await asyncio.to_thread(_spawn, argv, env, work, self.log_path(spec.instance_id))
         except OSError as exc:
@@ -138,6 +145,9 @@ class LocalRuntime:
         start_time = _stat(proc.pid)
         # A child that has not been reaped keeps its /proc entry, so its start time is readable.
         assert start_time is not None
+        if spec.cpu > 0 or spec.memory > 0:
+            how = await asyncio.to_thread(apply_quota, proc.pid, spec)
+            self.note(spec.instance_id, f"pier: quota {spec.quota or 'custom'} applied with {how}")
         handle = Handle(pid=proc.pid, start_time=start_time.start_time, port=port)
         self._children[spec.instance_id] = proc
         _write_pid_file(directory / "pid", handle)
@@ -176,6 +186,92 @@ class LocalRuntime:
 
     def last_line(self, instance_id: str) -> str:
         return last_line(self.log_path(instance_id))
+
+    def note(self, instance_id: str, line: str) -> None:
+        """A line from the platform in the instance's log, where the user reads why."""
+        path = self.log_path(instance_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as out:
+            out.write(line + "\n")
+
+    def disk_usage(self, instance_id: str) -> int:
+        """Bytes used by the run's work dir (what disk_size limits)."""
+        return _du(self.instance_dir(instance_id) / "work")
+
+    async def purge(self, instance_id: str) -> None:
+        """Remove everything of a stopped instance: work dir, log, pid file (terminate)."""
+        await self.stop(instance_id)
+        await asyncio.to_thread(shutil.rmtree, self.instance_dir(instance_id), True)
+
+
+# ---- quotas ---------------------------------------------------------------------------------------
+
+
+def _describe_limits(spec: InstanceSpec) -> str:
+    gpus = ",".join(spec.gpu_devices) or "none"
+    cpu = f"{spec.cpu:g}" if spec.cpu else "unlimited"
+    memory = f"{spec.memory} bytes" if spec.memory else "unlimited"
+    disk = f"{spec.disk_size} bytes" if spec.disk_size else "unlimited"
+    return f"pier: CUDA_VISIBLE_DEVICES={gpus}; cpu {cpu}; memory {memory}; disk_size {disk}"
+
+
+def cgroup_dir() -> Path | None:
+    """Our cgroup v2 directory when we may create child groups with cpu and memory limits, else None."""
+    root = Path("/sys/fs/cgroup")
+    if not (root / "cgroup.controllers").exists():
+        return None  # cgroups v1 or none: no unified hierarchy
+    try:
+        own = Path("/proc/self/cgroup").read_text().strip().splitlines()
+    except OSError:
+        return None
+    relative = next((line.split("::", 1)[1] for line in own if line.startswith("0::")), None)
+    if relative is None:
+        return None
+    parent = root / relative.lstrip("/")
+    control = parent / "cgroup.subtree_control"
+    controllers = control.read_text() if control.exists() else ""
+    if "cpu" not in controllers.split() or "memory" not in controllers.split() or not os.access(parent, os.W_OK):
+        return None
+    return parent
+
+
+def apply_quota(pid: int, spec: InstanceSpec) -> str:
+    """Limit the process (and the workers it forks later) to the quota; returns how it was done."""
+    group = cgroup_dir()
+    if group is not None:
+        try:
+            mine = group / f"pier-{spec.instance_id}"
+            mine.mkdir(exist_ok=True)
+            if spec.cpu > 0:
+                (mine / "cpu.max").write_text(f"{int(spec.cpu * 100_000)} 100000")
+            if spec.memory > 0:
+                (mine / "memory.max").write_text(str(spec.memory))
+            (mine / "cgroup.procs").write_text(str(pid))
+            return "cgroups v2"
+        except OSError as exc:
+            log.warning("cgroups v2 not usable; falling back to affinity and rlimits", error=str(exc))
+    # Inherited by every process the harness forks, so its workers share the limit's shape (each
+    # worker gets the memory limit on its own: rlimits are per process, cgroups are per group).
+    if spec.cpu > 0:
+        available = sorted(os.sched_getaffinity(0))
+        want = max(1, min(len(available), int(-(-spec.cpu // 1))))
+        offset = sum(spec.instance_id.encode()) % len(available)
+        cpus = {available[(offset + k) % len(available)] for k in range(want)}
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, cpus)
+    if spec.memory > 0:
+        with contextlib.suppress(OSError, ValueError):
+            resource.prlimit(pid, resource.RLIMIT_AS, (spec.memory, spec.memory))
+    return "CPU affinity and rlimits (cgroups v2 not available)"
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def instances_root(home: Path) -> Path:

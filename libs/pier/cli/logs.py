@@ -1,0 +1,46 @@
+"""`pier logs NAME [-f] [--build | --deployment]`: a model API's logs, newest first.
+
+With `-f` the lines come as a stream does: the recent ones oldest first, then each new one below."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from pier.client import Client
+
+
+def _show(line: dict[str, Any]) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(line["at"]))
+    who = line.get("instance_id") or (f"v{line['version']}" if line.get("version") else "")
+    return f"{stamp} {who} {line['line']}" if who else f"{stamp} {line['line']}"
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    kind = "build" if args.build else "deployment" if args.deployment else "instance"
+    query = {"kind": kind, "version": args.version, "instance": args.instance, "limit": args.limit}
+    if args.follow:
+        try:
+            for line in client.follow_logs(args.name, **query):
+                print(_show(line), flush=True)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    page = client.logs(args.name, **query)
+    for line in page["lines"]:
+        print(_show(line))
+    return 0
+
+
+def register(sub: Any) -> None:
+    lg = sub.add_parser("logs", help="show a model API's instance, build or deployment logs")
+    lg.add_argument("name")
+    which = lg.add_mutually_exclusive_group()
+    which.add_argument("--build", action="store_true", help="the build logs")
+    which.add_argument("--deployment", action="store_true", help="lifecycle events and heartbeats")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines as they come")
+    lg.add_argument("--version", type=int)
+    lg.add_argument("--instance")
+    lg.add_argument("--limit", type=int, default=100, help="how many of the newest lines (default 100)")
+    lg.set_defaults(func=cmd_logs)

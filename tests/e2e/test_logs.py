@@ -1,0 +1,143 @@
+"""`pier logs` through the whole platform: newest first, build and deployment logs, a live follower,
+and logs that survive a restart of every service."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from infra.supervisor import Platform
+from pier.client import ApiError, Client
+from tests.e2e.conftest import TOKEN, pier
+from tests.support import until
+
+# Each call writes a line to the instance's stdout, which is its instance log.
+CODE = """
+def predict(n):
+    print(f"call {n}", flush=True)
+    return n
+"""
+
+
+def _client(platform: Platform) -> Client:
+    s = platform.settings
+    return Client(api_url=s.api_url, gateway_url=s.gateway_url, token=TOKEN)
+
+
+def _deploy(platform: Platform, tmp_path: Path, name: str) -> Client:
+    code = tmp_path / name
+    code.mkdir()
+    (code / "predict.py").write_text(CODE)
+    done = pier(platform, "deploy", str(code), "--name", name, "--unrestricted", "--instances", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return _client(platform)
+
+
+def _calls_logged(client: Client, name: str, *numbers: int) -> bool:
+    lines = [x["line"] for x in client.logs(name, kind="instance", limit=1000)["lines"]]
+    return all(f"call {n}" in lines for n in numbers)
+
+
+def _printed(platform: Platform, *args: str) -> list[str]:
+    done = pier(platform, "logs", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _position(lines: list[str], text: str) -> int:
+    return next(n for n, line in enumerate(lines) if text in line)
+
+
+def _follow(platform: Platform, name: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """`pier logs NAME -f` as a user runs it; its stdout, line by line, in a queue."""
+    env = {**os.environ, "PIER_HOME": str(platform.settings.home)}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "pier", "logs", name, "-f"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    printed: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in follower.stdout or []:
+            printed.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return follower, printed
+
+
+async def test_pier_logs_prints_instance_build_and_deployment_logs_newest_first(
+    platform: Platform, tmp_path: Path
+) -> None:
+    client = _deploy(platform, tmp_path, "chatty")
+    for n in (1, 2, 3):
+        assert client.call("chatty", data={"n": n})["result"] == n
+    await until(lambda: _calls_logged(client, "chatty", 1, 2, 3), within=30, every=0.1)
+
+    calls = [
+        line.split()[-2:] for line in _printed(platform, "chatty") if line.endswith(("call 1", "call 2", "call 3"))
+    ]
+    assert calls == [["call", "3"], ["call", "2"], ["call", "1"]]
+
+    build = _printed(platform, "chatty", "--build")
+    assert build and all(" v1 " in line for line in build)  # each build line names its version
+
+    deployment = _printed(platform, "chatty", "--deployment")
+    instance_id = client.model("chatty")["running_instances"][0]["instance_id"]
+    # The lifecycle in order, read from the bottom up.
+    ready = _position(deployment, f"instance {instance_id} ready")
+    started = _position(deployment, f"instance {instance_id} started at")
+    placed = _position(deployment, "placed 1 instance(s)")
+    built = _position(deployment, "version 1: build succeeded")
+    building = _position(deployment, "version 1: build started")
+    assert ready < started < placed < built < building
+
+
+async def test_a_follower_sees_a_new_line_within_a_second(platform: Platform, tmp_path: Path) -> None:
+    client = _deploy(platform, tmp_path, "live")
+    client.call("live", data={"n": 1})
+    await until(lambda: _calls_logged(client, "live", 1), within=30, every=0.1)
+
+    follower, printed = _follow(platform, "live")
+
+    def next_line_with(text: str, within: float) -> str:
+        deadline = time.monotonic() + within
+        while True:
+            line = printed.get(timeout=max(0.0, deadline - time.monotonic()))
+            if text in line:
+                return line
+
+    try:
+        next_line_with("call 1", within=30)  # the backlog: the follower is connected
+        client.call("live", data={"n": 2})
+        assert next_line_with("call 2", within=1.0).rstrip().endswith("call 2")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+
+
+async def test_logs_survive_a_restart_of_every_service(platform: Platform, tmp_path: Path) -> None:
+    client = _deploy(platform, tmp_path, "kept")
+    client.call("kept", data={"n": 7})
+    await until(lambda: _calls_logged(client, "kept", 7), within=30, every=0.1)
+    before = {kind: _printed(platform, "kept", f"--{kind}") for kind in ("build", "deployment")}
+
+    platform.stop()
+    platform.start()
+    await platform.wait_healthy()
+
+    def answers() -> bool:
+        try:
+            return bool(client.call("kept", data={"n": 8})["result"] == 8)
+        except (ApiError, OSError):
+            return False
+
+    await until(answers, within=60, every=0.2)
+    await until(lambda: _calls_logged(client, "kept", 7, 8), within=30, every=0.1)
+    assert _printed(platform, "kept", "--build") == before["build"]
+    # The deployment log grew (the instance started again) and kept every old line, in order.
+    after = _printed(platform, "kept", "--deployment")
+    assert after[-len(before["deployment"]) :] == before["deployment"]

@@ -1,0 +1,94 @@
+"""The local driver's resource limits: a quota applied to the instance's processes (and the instance's
+log saying how), and disk_size enforced on its working directory. Real NATS, PostgreSQL and
+instance processes."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import aiohttp
+
+from pier.config import Settings
+from pier.events import InstanceRecord, InstanceStarted, InstanceStopped, PlaceModel
+from pier.spec import Entrypoint
+from services.scheduler.runtimes.local import LocalRuntime, cgroup_dir
+from tests.integration.test_scheduler import PREDICT, all_answer, make_image, no_instance_left_behind
+from tests.integration.test_scheduler_gpus import gpu_scheduler
+from tests.support import until
+
+__all__ = ["no_instance_left_behind"]  # the autouse fixture that stops every instance after a test
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+# Writes 4 MiB into its working directory as soon as it is imported.
+FILLS_ITS_DISK = """
+import pathlib
+
+pathlib.Path("filler.bin").write_bytes(b"x" * (4 * 1024 * 1024))
+
+
+def predict():
+    return "still here"
+"""
+
+
+def limited(image: str, model_id: str, **limits: object) -> PlaceModel:
+    return PlaceModel(
+        model_id=model_id,
+        version=1,
+        version_id=f"{model_id}-v1",
+        image=image,
+        entrypoint=Entrypoint(file="predict.py", function="predict"),
+        instances=1,
+        **limits,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_quota_is_applied_and_the_instance_log_says_how(settings: Settings) -> None:
+    image = make_image(settings, PREDICT)
+    async with gpu_scheduler(settings, "") as s, aiohttp.ClientSession() as http:
+        await s.bus.publish(limited(image, "aaaaaaaa00000001", quota="small", cpu=1.0, memory=4 * GIB))
+        [started] = await until(lambda: s.watch.of(InstanceStarted), within=30)
+        record = InstanceRecord(instance_id=started.instance_id, model_id="m", version=1, address=started.address)
+        await until(lambda: all_answer(http, {started.instance_id: record}), within=30)
+
+        log = LocalRuntime(settings).log_path(started.instance_id).read_text()
+        assert "cpu 1; memory 4294967296 bytes" in log
+        pid = (await s.rows())[0]["pid"]
+        if cgroup_dir() is None:
+            # No usable cgroups v2 (this host has v1 only): affinity and rlimits, and the log says so.
+            assert "pier: quota small applied with CPU affinity and rlimits (cgroups v2 not available)" in log
+            assert len(os.sched_getaffinity(pid)) == 1
+            assert resource.prlimit(pid, resource.RLIMIT_AS) == (4 * GIB, 4 * GIB)
+        else:
+            assert "pier: quota small applied with cgroups v2" in log
+
+
+async def test_an_instance_that_writes_more_than_its_disk_size_fails_with_that_reason(settings: Settings) -> None:
+    image = make_image(settings, FILLS_ITS_DISK)
+    async with gpu_scheduler(settings, "") as s:
+        await s.bus.publish(limited(image, "aaaaaaaa00000001", disk_size=1 * MIB))
+        [started] = await until(lambda: s.watch.of(InstanceStarted), within=30)
+        [stopped] = await until(lambda: s.watch.of(InstanceStopped), within=30)
+        assert stopped.instance_id == started.instance_id
+        assert stopped.reason.startswith("exited")  # what the monitor and the api treat as a failure
+        assert f"over its disk_size of {MIB} bytes" in stopped.reason
+        [row] = await s.rows()
+        assert row["state"] == "exited" and "disk_size" in row["reason"]
+        log = LocalRuntime(settings).log_path(started.instance_id).read_text()
+        assert "pier: stopping the instance: disk use of" in log
+
+
+async def test_an_instance_within_its_disk_size_keeps_running(settings: Settings) -> None:
+    image = make_image(settings, FILLS_ITS_DISK)
+    async with gpu_scheduler(settings, "") as s:
+        await s.bus.publish(limited(image, "aaaaaaaa00000001", disk_size=64 * MIB))
+        [started] = await until(lambda: s.watch.of(InstanceStarted), within=30)
+        runtime = LocalRuntime(settings)
+        # The file is written and measured (the watcher has looked at it) and nothing was stopped.
+        await until(lambda: runtime.disk_usage(started.instance_id) >= 4 * MIB, within=30)
+        rounds = s.controller._rounds
+        await until(lambda: s.controller._rounds >= rounds + 8, within=30)
+        assert not s.watch.of(InstanceStopped)
