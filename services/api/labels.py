@@ -18,9 +18,9 @@ from aiohttp import web
 from pier.events import StopModel, new_id
 from pier.outbox import enqueue
 from services.api import auth, routing, store
+from services.api.channel import CHANNEL
 from services.api.errors import Conflict, Invalid, NotFound
 from services.api.http import Context, json_response, read_body
-from services.api.lifecycle import CHANNEL
 
 log = structlog.get_logger("api.labels")
 

@@ -43,7 +43,7 @@ from pier.events import (
     UsageRecorded,
 )
 from pier.spec import Entrypoint, SpecError, check_entrypoint
-from services.api import routing, schedules, sources
+from services.api import gpus, labels, routing, schedules, sources
 from services.api import settings as model_settings
 from services.api.channel import CHANNEL
 from services.api.errors import Conflict, Invalid
@@ -91,7 +91,6 @@ class Lifecycle:
         origin = await self._origin(spec)
         model_id, version_id = events.new_id(), events.new_id()
         workers = spec.workers or self.settings.default_workers
-        from services.api import gpus  # it imports the http layer, which imports this module
 
         resources = await gpus.check(
             self.bus, self.settings, spec.gpu_type, spec.gpu_count, spec.instances, spec.quota, spec.disk_size
@@ -369,7 +368,6 @@ class Lifecycle:
             if old is not None and model["routing_mode"] == "advanced":
                 # In routing mode advanced a labelled version (e.g. prod) keeps serving.
                 # (Imported here: labels imports the api's http module, which imports this one.)
-                from services.api import labels
 
                 updated = await conn.fetchrow("SELECT * FROM models WHERE id = $1", model["id"])
                 await labels.retire(conn, updated, old, f"replaced by version {version}")

@@ -12,7 +12,7 @@ To add a setting: a field on `ModelSettings` (None = unchanged), and where it is
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
@@ -20,11 +20,9 @@ from aiohttp import web
 
 from pier import events
 from pier.events import HealthPolicy, Message, RestartInstance
-from services.api import routing, store
+from services.api import labels, routing, store
 from services.api.errors import Conflict, Invalid
-
-if TYPE_CHECKING:
-    from services.api.http import Context
+from services.api.http import Context, json_response, read_body
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86400)]
 Positive = Annotated[float, msgspec.Meta(gt=0, le=86400)]
@@ -142,7 +140,6 @@ async def _apply_gateway_settings(conn: asyncpg.Connection, model: asyncpg.Recor
         )
         if changes.routing_mode == "basic":
             # Imported here: labels imports the api's http module, which imports the lifecycle.
-            from services.api import labels
 
             updated = await conn.fetchrow("SELECT * FROM models WHERE id = $1", model["id"])
             for row in await conn.fetch("SELECT DISTINCT version FROM labels WHERE model_id = $1", model["id"]):
@@ -182,6 +179,23 @@ async def advance(conn: asyncpg.Connection, model_id: str, finished: str | None,
         )
 
 
+# Chosen when a model API is created and fixed after: GPUs and placement are sized for them.
+FIXED_FIELDS = ("gpu_type", "gpu_count", "instances", "quota", "disk_size")
+
+
+async def _refuse_fixed_fields(request: web.Request) -> None:
+    try:
+        body = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError:
+        return  # read_body answers the 400
+    fixed = [name for name in FIXED_FIELDS if isinstance(body, dict) and name in body]
+    if fixed:
+        raise Conflict(
+            f"{', '.join(fixed)} cannot change once a model API is created: create a new model API instead",
+            [(name, "cannot change after create") for name in fixed],
+        )
+
+
 class SettingsRoutes:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -193,8 +207,7 @@ class SettingsRoutes:
         ]
 
     async def change(self, request: web.Request) -> web.Response:
-        from services.api.http import read_body
-
+        await _refuse_fixed_fields(request)
         changes = await read_body(request, ModelSettings)
         lifecycle = self.ctx.lifecycle
         async with self.ctx.pool.acquire() as conn:
@@ -204,8 +217,6 @@ class SettingsRoutes:
         return await self.show(request)
 
     async def show(self, request: web.Request) -> web.Response:
-        from services.api.http import json_response
-
         async with self.ctx.pool.acquire() as conn:
             model = await store.resolve(conn, request.match_info["ref"])
         restarting = [model["rollout_current"], *model["rollout_pending"]] if model["rollout_current"] else []

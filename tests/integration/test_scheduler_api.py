@@ -80,6 +80,22 @@ async def test_stop_restart_terminate_and_their_conflicts(api: Api) -> None:
         assert r.status == 201
 
 
+async def test_resources_cannot_change_after_create(api: Api) -> None:
+    session, settings = api
+    async with session.post("/v1/models", json=spec(settings, "fixed")) as r:
+        assert r.status == 201
+    for field, value in (("gpu_count", 1), ("instances", 3), ("quota", "small"), ("disk_size", "1g")):
+        async with session.patch("/v1/models/fixed", json={field: value}) as r:
+            body = await r.json()
+            assert r.status == 409, body
+            assert body["errors"] == [{"field": field, "problem": "cannot change after create"}]
+            assert "create a new model API" in body["detail"]
+    async with session.get("/v1/models/fixed") as r:
+        assert (await r.json())["instances"] == 2  # unchanged
+    async with session.patch("/v1/models/fixed", json={"request_timeout": 30}) as r:
+        assert r.status == 200, await r.text()
+
+
 async def test_a_failed_model_api_accepts_only_terminate(api: Api) -> None:
     session, settings = api
     async with session.post("/v1/models", json=spec(settings, "broken")) as r:
