@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -56,3 +57,13 @@ async def migrate(pool: asyncpg.Pool, directory: Path) -> list[str]:
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", lock)
     return applied
+
+
+async def close_pool(pool: asyncpg.Pool, within: float = 10.0) -> None:
+    """Close gracefully, but never wait forever on a connection something still holds."""
+    try:
+        async with asyncio.timeout(within):
+            await pool.close()
+    except TimeoutError:
+        log.warning("pool connections still in use at close; terminating them")
+        pool.terminate()

@@ -38,7 +38,7 @@ async def main(settings: Settings) -> None:
             finally:
                 await runner.cleanup()
         finally:
-            await pool.close()
+            await db.close_pool(pool)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ async def main(settings: Settings) -> None:
                 tg.create_task(controller.watch())
                 tg.create_task(LogShipper(pool, b, settings.home).run())
         finally:
-            await pool.close()
+            await db.close_pool(pool)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ async def api(settings: Settings) -> AsyncIterator[tuple[aiohttp.ClientSession, 
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
             await server.close()
-            await pool.close()
+            await db.close_pool(pool)
 
 
 def _source(settings: Settings) -> str:
