@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -147,6 +148,7 @@ async def main(rounds: int) -> None:
     finally:
         postgres.stop()
         nats_server.stop()
+        shutil.rmtree(root, ignore_errors=True)  # a few hundred MiB of environments and uv caches
 
     cold_m, cached_m, deploy_m = (statistics.median(x) for x in (cold, cached, deploys))
     print()

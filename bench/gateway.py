@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,9 +115,11 @@ def wrk(url: str, concurrency: int, duration: float, script: Path) -> tuple[floa
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _units(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _units(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise SystemExit(f"{url}: {errors.group(1)} failed calls at c={concurrency}:\n{out}")
+    failed = re.search(r"Non-2xx or 3xx responses: \d+|Socket errors: .*", out)
+    if failed or not rps:
+        raise SystemExit(
+            f"{url}: calls failed at c={concurrency} ({failed.group(0) if failed else 'none served'}):\n{out}"
+        )
     return rps, p50, p99
 
 
@@ -131,6 +134,31 @@ def process(args: list[str], port: int, env: dict[str, str], log: Path) -> Itera
         stop_process(proc)
 
 
+@contextlib.contextmanager
+def profiled(folder: Path | None, c: int, pids: dict[str, int], enabled: bool) -> Iterator[None]:
+    """py-spy records each process while the block runs: DIR/<name>-c<c>.txt, folded stacks."""
+    if not enabled or folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    spies = [
+        subprocess.Popen(
+            [py_spy, "record", "-p", str(pid), "-f", "raw", "-r", "500", "-o", str(folder / f"{name}-c{c}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(30)
+
+
 async def publish(settings: config.Settings, harness: str, workers: int) -> None:
     model_id = uuid.uuid4().hex
     entry = Entrypoint(file="model.py", function="predict")
@@ -142,7 +170,12 @@ async def publish(settings: config.Settings, harness: str, workers: int) -> None
         versions={"1": VersionRoute(number=1, id="v1", entrypoint=entry)},
     )
     inst = InstanceRecord(
-        instance_id=uuid.uuid4().hex, model_id=model_id, version=1, address=harness, workers=workers, state="ready"
+        instance_id=uuid.uuid4().hex,
+        model_id=model_id,
+        version=1,
+        address=harness,
+        workers=workers,
+        state="ready",
     )
     async with bus.connect(settings, "bench") as b:
         await (await b.kv(ROUTES_BUCKET)).put(model_id, msgspec.json.encode(route))
@@ -154,6 +187,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--workers", type=int, default=1, help="harness workers (PIER_WORKERS)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also record py-spy profiles (folded stacks) of the gateway and the instance during (a), into DIR",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -181,8 +220,8 @@ def main() -> None:
             gateway_env = {**base_env, **config.to_env(settings), "PIER_LOG_LEVEL": "warning"}
             harness_addr = f"127.0.0.1:{ports['harness']}"
             with (
-                process([py, "-m", "pier.harness"], ports["harness"], harness_env, work / "harness.log"),
-                process([py, "-m", "services.gateway"], ports["gateway"], gateway_env, work / "gateway.log"),
+                process([py, "-m", "pier.harness"], ports["harness"], harness_env, work / "harness.log") as harness,
+                process([py, "-m", "services.gateway"], ports["gateway"], gateway_env, work / "gateway.log") as gateway,
                 process(
                     [
                         py,
@@ -222,7 +261,9 @@ def main() -> None:
                 results: dict[tuple[str, int], tuple[float, float, float]] = {}
                 for c in args.concurrency:
                     for name, url in targets.items():
-                        results[(name, c)] = rps, p50, p99 = wrk(url, c, args.duration, script)
+                        profiling = args.profile and name == "a gateway"
+                        with profiled(args.profile, c, {"gateway": gateway.pid, "instance": harness.pid}, profiling):
+                            results[(name, c)] = rps, p50, p99 = wrk(url, c, args.duration, script)
                         print(f"{name:16} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99:>9.0f}", flush=True)
                 print()
                 for c in args.concurrency:

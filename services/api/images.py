@@ -2,9 +2,14 @@
 artifact store once their instances have stopped (instances run from the image's runtime/ folder).
 
 The api sweeps, since it alone knows which versions use which image. A build reuses an image that
-already exists (same code, environment and entrypoint), so a sweep is skipped while any build is in
-flight: the image it is about to reuse must not disappear under it. Environments are left alone:
-they are shared by hash and cheap to keep compared with rebuilding them.
+already exists (same code, environment and entrypoint), and the version it builds records that
+image only when the api handles its BuildSucceeded: until then the database cannot say the image is
+wanted. So a builder touches an image as it reuses it (services/builder/images.py, `reuse`), a new
+image is fresh from its commit, and the sweep spares any image used within RECENTLY_USED. The sweep
+moves an image aside before it reads that time, and puts it back if it finds it recent, so a touch
+and a sweep cannot pass each other unseen: either the touch lands before the move, and the sweep
+sees it, or it misses the image, and the builder builds it again. Environments are left alone: they
+are shared by hash and cheap to keep compared with rebuilding them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +31,8 @@ from services.api.http import Context
 
 log = structlog.get_logger("api.images")
 SWEEP_EVERY = 300.0
+# Far longer than a build takes from reusing an image to the api recording it on the version.
+RECENTLY_USED = 3600.0
 
 _UNUSED = """
 SELECT DISTINCT v.image FROM versions v JOIN models m ON m.id = v.model_id
@@ -36,24 +44,35 @@ WHERE m.state = 'terminated' AND v.image IS NOT NULL
 """
 
 
-async def collect(pool: asyncpg.Pool, store: Store) -> list[str]:
-    """Remove every image nothing alive uses; returns the digests removed now."""
+async def collect(pool: asyncpg.Pool, store: Store, *, recently_used: float = RECENTLY_USED) -> list[str]:
+    """Remove every image nothing alive uses and no build used within `recently_used` seconds;
+    returns the digests removed now."""
     async with pool.acquire() as conn:
-        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM versions WHERE state IN ('queued', 'building'))"):
-            return []
         digests = [r["image"] for r in await conn.fetch(_UNUSED)]
-    removed = [d for d in digests if await asyncio.to_thread(_remove, store.image(d))]
+    cutoff = time.time() - recently_used
+    removed = [d for d in digests if await asyncio.to_thread(_remove, store.image(d), cutoff)]
     if removed:
         log.info("unused images removed", count=len(removed))
     return removed
 
 
-def _remove(image: Path) -> bool:
-    """Rename first, so a half-removed image never looks whole to a builder. Blocking."""
+def _remove(image: Path, cutoff: float) -> bool:
+    """Remove `image` unless it was used (touched, or committed) after `cutoff`. Blocking.
+
+    Moved aside first, so a half-removed image never looks whole to a builder, and so a builder's
+    touch either lands before the move (and is seen here) or finds no image (and builds one).
+    """
     trash = image.with_name(f".gc-{image.name}")
     try:
         os.rename(image, trash)
     except FileNotFoundError:
+        return False
+    if trash.stat().st_mtime >= cutoff:
+        try:
+            os.rename(trash, image)
+        except OSError:
+            # A builder committed the same image again meanwhile: that one stays, this copy goes.
+            shutil.rmtree(trash, ignore_errors=True)
         return False
     shutil.rmtree(trash, ignore_errors=True)
     return True

@@ -17,8 +17,17 @@ REASON_PREFIX = "pier-check: "
 
 # Run by the environment's interpreter with cwd = the code folder, as the harness runs: it
 # imports nothing but the runtime shipped in the image, and reports which entry file failed.
+# Bytecode is cached for the environment's own files only (numpy & co.: compiling them is most of
+# an uncached import, and every later check and instance start then loads the .pyc), never for the
+# code or the runtime, which are the image's and must stay as they were digested.
 _IMPORT_CHECK = f"""
-import sys, traceback
+import importlib.machinery, os, sys, traceback
+_write, _env = importlib.machinery.SourceFileLoader.set_data, os.path.join(sys.prefix, "")
+def _env_only(self, path, data, *, _mode=0o666):
+    if os.path.abspath(path).startswith(_env):
+        _write(self, path, data, _mode=_mode)
+importlib.machinery.SourceFileLoader.set_data = _env_only
+sys.dont_write_bytecode = False
 from pathlib import Path
 import msgspec
 from pier.spec import Entrypoint
@@ -132,7 +141,8 @@ async def import_problem(
         "HOME": os.environ.get("HOME", "/tmp"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "PYTHONPATH": str(runtime),
-        # The code folder is part of the image: importing it must not add __pycache__ to it.
+        # The code folder is part of the image: importing it must not add __pycache__ to it (the
+        # check itself lifts this for the environment's files alone; what the code may spawn keeps it).
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
     }

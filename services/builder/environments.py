@@ -32,7 +32,7 @@ MARKER = ".pier-env.json"
 # What the harness imports inside an instance, pinned to the platform's own versions so the
 # harness runs against what it was tested with (tests/unit/test_builder_environments.py checks
 # that this list covers every third-party import of pier/harness/).
-HARNESS_PACKAGES = ("aiohttp", "msgspec", "uvloop")
+HARNESS_PACKAGES = ("httptools", "msgspec", "uvloop")
 
 
 class _Marker(msgspec.Struct):
@@ -169,8 +169,8 @@ class Environments:
         async def quiet(_: str) -> None:
             return None
 
-        frozen = await self._uv(["pip", "freeze", "--python", python], quiet, "listing packages")
-        packages = [line.strip() for line in frozen if line.strip() and not line.startswith("#")]
+        frozen = await self._uv(["pip", "freeze", "--quiet", "--python", python], quiet, "listing packages")
+        packages = pinned_packages(frozen)
         await asyncio.to_thread((tmp / MARKER).write_bytes, msgspec.json.encode(_Marker(packages=packages)))
         return packages
 
@@ -189,8 +189,28 @@ class Environments:
         return finished.lines
 
 
+def pinned_packages(lines: Sequence[str]) -> list[str]:
+    """The requirement lines of `uv pip freeze` output (name==version, or name @ URL), without the
+    status lines uv writes to the same stream (`Using Python 3.11.7 environment at: ...`)."""
+    packages = []
+    for line in (line.strip() for line in lines):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-e "):
+            packages.append(line)  # an editable install: its path is the pin
+            continue
+        try:
+            Requirement(line)
+        except InvalidRequirement:
+            continue
+        packages.append(line)
+    return packages
+
+
 def _read_marker(path: Path) -> list[str] | None:
     try:
-        return msgspec.json.decode((path / MARKER).read_bytes(), type=_Marker).packages
+        packages = msgspec.json.decode((path / MARKER).read_bytes(), type=_Marker).packages
     except FileNotFoundError:
         return None
+    # Environments made before the freeze ran --quiet recorded uv's status line as a package.
+    return pinned_packages(packages)

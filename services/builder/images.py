@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import msgspec
 
 import pier
-from pier.artifacts import ImageManifest
+from pier.artifacts import ImageManifest, Store
 from pier.spec import Entrypoint
 from services.builder import atomic
 
@@ -18,6 +19,20 @@ MANIFEST = "image.json"
 
 def image_digest(code_digest: str, env_hash: str, entrypoint: Entrypoint) -> str:
     return hashlib.sha256((code_digest + env_hash).encode() + msgspec.json.encode(entrypoint)).hexdigest()
+
+
+def reuse(store: Store, digest: str) -> ImageManifest | None:
+    """The manifest of image `digest` if it is built already, or None. Blocking.
+
+    The image is touched first: the api's garbage collector spares an image used recently
+    (services/api/images.py), and the version about to use this one does not record it until
+    the build's outcome is handled. A touch that finds no image means it was collected: build it.
+    """
+    try:
+        os.utime(store.image(digest))
+    except FileNotFoundError:
+        return None
+    return store.manifest(digest)
 
 
 def runtime_files() -> list[tuple[Path, str]]:

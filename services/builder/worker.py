@@ -151,7 +151,7 @@ class Builder:
             env_hash = await asyncio.to_thread(environments.hash_for, requirements_file, cmd.environment)
             digest = images.image_digest(code_digest, env_hash, cmd.entrypoint)
 
-            existing = await asyncio.to_thread(self.store.manifest, digest)
+            existing = await asyncio.to_thread(images.reuse, self.store, digest)
             if existing is not None:
                 await say(f"image {digest[:12]} already built")
                 return existing, built

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
-from aiohttp import web
 
 from pier import metrics, telemetry
 from pier.bus import Bus
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
+from pier.harness.http import Request, Response, Server
 from pier.spec import Route, SpecError, coerce_query, match_template
 from services.gateway import table as table_module
 from services.gateway.auth import CHALLENGE, Authenticator
@@ -28,10 +29,10 @@ from services.gateway.table import Table
 log = structlog.get_logger("gateway")
 
 REQUEST_ID = "X-Request-Id"
-_request_id_key = web.RequestKey("request_id", str)
-_version_key = web.RequestKey("version", tuple)
 # What the instance may see of the client's request; Authorization stays at the gateway.
-_FORWARDED_HEADERS = ("Content-Type", "Accept")
+_FORWARDED_HEADERS = (("content-type", "Content-Type"), ("accept", "Accept"))
+_MODELS = "/models/"
+_random_bits = random.Random().getrandbits  # seeded from os.urandom once
 
 
 class GatewayError(Exception):
@@ -54,7 +55,7 @@ class GatewayError(Exception):
         self.challenge = challenge
 
 
-def _error_response(request_id: str, err: GatewayError) -> web.Response:
+def _error_response(request_id: str, err: GatewayError) -> Response:
     detail: dict[str, Any] = {"type": err.kind, "message": err.message}
     if err.errors:
         detail["errors"] = err.errors
@@ -63,37 +64,13 @@ def _error_response(request_id: str, err: GatewayError) -> web.Response:
         headers["Retry-After"] = str(err.retry_after)
     if err.challenge:
         headers["WWW-Authenticate"] = CHALLENGE
-    return web.Response(
-        body=msgspec.json.encode({"error": detail, "request_id": request_id}),
-        status=err.status,
-        content_type="application/json",
-        headers=headers,
-    )
+    return Response(err.status, msgspec.json.encode({"error": detail, "request_id": request_id}), headers=headers)
 
 
-def _errors_middleware(max_body: int) -> Any:
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID) or os.urandom(16).hex()
-        request[_request_id_key] = request_id
-        try:
-            return await handler(request)
-        except GatewayError as err:
-            return _error_response(request_id, err)
-        except web.HTTPRequestEntityTooLarge:
-            return _error_response(request_id, _too_large(max_body))
-        except web.HTTPException as exc:  # the router's 404 and 405
-            kind = "NotFound" if exc.status == 404 else exc.reason.replace(" ", "")
-            return _error_response(
-                request_id, GatewayError(exc.status, kind, f"{request.method} {request.path}: {exc.reason}")
-            )
-        except Exception:
-            log.exception("unexpected error", request_id=request_id, path=request.path)
-            return _error_response(request_id, GatewayError(500, "InternalError", "the gateway failed; see its logs"))
-
-    return middleware
+def _request_id(request: Request | None) -> str:
+    given = request.headers.get("x-request-id") if request is not None else None
+    # Unique, not secret: `random` needs no system call (os.urandom's showed in profiles).
+    return given or f"{_random_bits(128):032x}"
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -148,69 +125,92 @@ class Gateway:
     def _queued(self) -> list[tuple[tuple[str, ...], float]]:
         return [((self._name(m), str(v)), float(n)) for (m, v), n in self.balancer.queued()]
 
-    def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.settings.max_body_bytes,
-            middlewares=[_errors_middleware(self.settings.max_body_bytes)],
-        )
-        app.router.add_get("/ping", self.ping)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_route("*", "/models/{ref}/latest/{path:.+}", self.invoke)
-        app.router.add_route("*", "/models/{ref}/labels/{label}/{path:.+}", self.invoke)
-        return app
+    async def handle(self, request: Request) -> Response:
+        """Every request the gateway answers: route by path, answer errors as JSON envelopes."""
+        request_id = _request_id(request)
+        try:
+            path = request.path
+            if path.startswith(_MODELS):
+                return await self.invoke(request, request_id)
+            if path == "/ping" or path == "/metrics":
+                if request.method not in ("GET", "HEAD"):
+                    raise GatewayError(405, "MethodNotAllowed", f"{request.method} {path}: Method Not Allowed")
+                if path == "/ping":
+                    return Response(200, b'{"status":"ok"}')
+                return Response(200, self.registry.render().encode(), metrics.CONTENT_TYPE)
+            raise GatewayError(404, "NotFound", f"{request.method} {path}: Not Found")
+        except GatewayError as err:
+            return _error_response(request_id, err)
+        except Exception:
+            log.exception("unexpected error", request_id=request_id, path=request.path)
+            return _error_response(request_id, GatewayError(500, "InternalError", "the gateway failed; see its logs"))
 
-    async def ping(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    def refused(self, request: Request | None, status: int) -> Response:
+        """What the HTTP server answers by itself: a body over the limit, a malformed request."""
+        if status == 413:
+            err = _too_large(self.settings.max_body_bytes)
+        elif status == 400:
+            err = GatewayError(400, "BadRequest", "the request is not valid HTTP/1.1")
+        elif status == 503:
+            err = GatewayError(503, "Unavailable", "the gateway is stopping; retry", retry_after=1)
+        else:
+            err = GatewayError(500, "InternalError", "the gateway failed; see its logs")
+        return _error_response(_request_id(request), err)
 
-    async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(text=self.registry.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
-
-    async def invoke(self, request: web.Request) -> web.Response:
+    async def invoke(self, request: Request, request_id: str) -> Response:
         """Serve a call and count it: status, latency, by model API and version."""
         started = time.perf_counter()
+        which: list[Any] = []
         status = 500
         try:
-            response = await self._invoke(request)
+            response = await self._invoke(request, request_id, which)
             status = response.status
             return response
         except GatewayError as err:
             status = err.status
             raise
         finally:
-            which = request.get(_version_key)
-            if which is not None:
+            if which:
                 labels = (which[0], str(which[1]))
                 self.requests.inc(*labels, str(status))
                 self.latency.observe(time.perf_counter() - started, *labels)
 
-    async def _invoke(self, request: web.Request) -> web.Response:
-        ref = request.match_info["ref"]
-        label = request.match_info.get("label")
-        path = "/" + request.match_info["path"]
+    async def _invoke(self, request: Request, request_id: str, which: list[Any]) -> Response:
+        # /models/<ref>/latest/<path> or /models/<ref>/labels/<label>/<path>
+        parts = request.path.split("/", 5)
+        label: str | None = None
+        if len(parts) >= 5 and parts[2] and parts[3] == "latest":
+            ref, path = parts[2], "/" + "/".join(parts[4:])
+        elif len(parts) == 6 and parts[2] and parts[3] == "labels" and parts[4] and parts[5]:
+            ref, label, path = parts[2], parts[4], "/" + parts[5]
+        else:
+            raise GatewayError(404, "NotFound", f"{request.method} {request.path}: Not Found")
+        if path == "/":
+            raise GatewayError(404, "NotFound", f"{request.method} {request.path}: Not Found")
         record = self.table.resolve(ref)
         if record is None:
             raise GatewayError(404, "NotFound", f"there is no model API {ref!r}")
         # `/ping` stays open, so load balancers and uptime checks need no token.
-        if path != "/ping" and not self.auth.check(record, request.headers.get("Authorization")):
+        if path != "/ping" and not self.auth.check(record, request.headers.get("authorization")):
             raise _UNAUTHORIZED
         version = _version(record, label)
-        request[_version_key] = (record.name, version)
+        which += (record.name, version)
         if path == "/ping":
             if request.method != "GET":
                 raise GatewayError(405, "MethodNotAllowed", "/ping answers GET")
             if not self.table.has_ready(record.model_id, version):
                 raise _no_ready(record, version)
-            return web.json_response({"status": "ok"}, headers={REQUEST_ID: request[_request_id_key]})
+            return Response(200, b'{"status":"ok"}', headers={REQUEST_ID: request_id})
         if path == "/model":
             if request.method != "POST":
                 raise GatewayError(405, "MethodNotAllowed", "/model answers POST")
-            return await self._forward(request, record, label, version, "/model", "", await self._read(request))
+            return await self._forward(request, request_id, record, label, version, "/model", "", request.body)
         route = _find_route(record, version, request.method, path)
         if route.verb == "GET":
             body = b""
-            fields: Any = coerce_query(route, dict(request.query))
+            fields: Any = coerce_query(route, dict(parse_qsl(request.query, keep_blank_values=True)))
         else:
-            body = await self._read(request)
+            body = request.body
             fields = _decode_object(body)
         try:
             match_template(route, fields)
@@ -221,17 +221,12 @@ class Gateway:
                 f"the request does not match {route.verb} {route.path}: {err}",
                 errors=[{"field": field, "problem": problem} for field, problem in err.errors],
             ) from None
-        return await self._forward(request, record, label, version, route.path, request.query_string, body)
-
-    async def _read(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise _too_large(limit)
-        return await request.read()  # aiohttp enforces the limit on bodies without Content-Length
+        return await self._forward(request, request_id, record, label, version, route.path, request.query, body)
 
     async def _forward(
         self,
-        request: web.Request,
+        request: Request,
+        request_id: str,
         record: RouteRecord,
         label: str | None,
         version: int,
@@ -240,14 +235,13 @@ class Gateway:
         body: bytes,
         *,
         retried: bool = False,
-    ) -> web.Response:
-        request_id = request[_request_id_key]
+    ) -> Response:
         incoming = request.headers
         headers = {REQUEST_ID: request_id}
-        for name in _FORWARDED_HEADERS:
+        for name, proper in _FORWARDED_HEADERS:
             value = incoming.get(name)
             if value is not None:
-                headers[name] = value
+                headers[proper] = value
         bound = _LazyLog(request_id, record.model_id, version)
         # A span costs about a tenth of a call's time here: made only when traces go somewhere
         # (an exporter is set) or the caller is tracing (it sent a traceparent to continue).
@@ -280,7 +274,14 @@ class Gateway:
                 started = time.perf_counter()
                 try:
                     reply = await self.proxy.forward(
-                        request.method, instance.address, path, query, body, headers, record.request_timeout
+                        request.method,
+                        instance.address,
+                        path,
+                        query,
+                        body,
+                        headers,
+                        record.request_timeout,
+                        max(instance.workers, 1),
                     )
                 except Unreachable as exc:
                     bound.warning("instance unreachable", instance_id=instance.instance_id, error=str(exc))
@@ -299,10 +300,7 @@ class Gateway:
                     ) from None
                 finally:
                     self.balancer.release(instance, time.perf_counter() - started)
-                response_headers = {REQUEST_ID: request_id}
-                if reply.content_type:
-                    response_headers["Content-Type"] = reply.content_type
-                return web.Response(body=reply.body, status=reply.status, headers=response_headers)
+                return Response(reply.status, reply.body, reply.content_type, {REQUEST_ID: request_id})
         if tried:
             # The version may have just been replaced (a promote, a new version): its instances stop
             # once the route moved on, so a call that raced the switch goes to the version now serving.
@@ -313,7 +311,9 @@ class Gateway:
                 except GatewayError:
                     now = version
                 if now != version:
-                    return await self._forward(request, current, label, now, path, query, body, retried=True)
+                    return await self._forward(
+                        request, request_id, current, label, now, path, query, body, retried=True
+                    )
             raise GatewayError(502, "BadGateway", "no instance of this version accepted the connection")
         raise _no_ready(record, version)
 
@@ -387,13 +387,17 @@ async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
         balancer = Balancer(table, settings.gateway_queue_length, settings.gateway_queue_timeout)
         gateway = Gateway(settings, table, balancer, proxy)
         followers.append(tg.create_task(gateway.auth.report_used(bus), name="report token use"))
-        runner = web.AppRunner(gateway.app(), access_log=None)
-        await runner.setup()
+        server = Server(
+            gateway.handle,
+            gateway.refused,
+            max_body=settings.max_body_bytes,
+            log_error=lambda request, exc: log.error("unexpected error", path=request.path, error=repr(exc)),
+        )
         try:
-            await web.TCPSite(runner, settings.gateway_host, settings.gateway_port).start()
+            await server.listen_tcp(settings.gateway_host, settings.gateway_port)
             log.info("serving", url=settings.gateway_url)
             yield gateway
         finally:
-            await runner.cleanup()
+            await server.close()
             for task in followers:
                 task.cancel()

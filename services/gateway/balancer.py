@@ -35,6 +35,15 @@ MAX_PER_WORKER = 8
 INITIAL_SERVICE_TIME = 0.05
 
 
+class _Waited(Exception):
+    """A queued call's wait reached the queue timeout."""
+
+
+def _expire(future: asyncio.Future[InstanceRecord | None]) -> None:
+    if not future.done():
+        future.set_exception(_Waited())
+
+
 class Shed(Exception):
     """The call is refused for overload; `retry_after` is in whole seconds."""
 
@@ -74,6 +83,7 @@ class Balancer:
         # Seconds from sending a call to its answer, a moving average per version.
         self._service: dict[Key, float] = {}
         self._turn = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         table.on_ready_change = self._ready_changed
 
     # ---- choosing ----------------------------------------------------------------------------
@@ -132,23 +142,28 @@ class Balancer:
         limit = queue_length or self.queue_length
         if len(group.queue) >= limit:
             raise Shed(f"the queue is full ({limit} calls wait)", self._retry_after(key, group))
-        future: asyncio.Future[InstanceRecord | None] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop  # asyncio.get_running_loop() is a system call (getpid) per use on 3.11
+        future: asyncio.Future[InstanceRecord | None] = loop.create_future()
         waiter = _Waiter(future, exclude)
         group.queue.append(waiter)
         timeout = queue_timeout or self.queue_timeout
+        # A bare timer, not asyncio.timeout(): the context manager's bookkeeping showed in profiles.
+        timer = loop.call_later(timeout, _expire, future)
         delivered = False
         try:
-            async with asyncio.timeout(timeout):
-                granted = await future
+            granted = await future
             delivered = True
             return granted
-        except TimeoutError:
+        except _Waited:
             raise Shed(f"the call waited {timeout:g} s for capacity", self._retry_after(key, group)) from None
         finally:
+            timer.cancel()
             if not delivered:
-                if future.done() and not future.cancelled() and (slot := future.result()) is not None:
-                    # Granted a slot in the same instant it gave up (timeout or the client left): pass it on.
-                    self.release(slot, 0.0)
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    if (slot := future.result()) is not None:
+                        # Granted a slot in the same instant it gave up (the client left): pass it on.
+                        self.release(slot, 0.0)
                 else:
                     future.cancel()
                     with contextlib.suppress(ValueError):

@@ -120,7 +120,7 @@ async def test_build_without_requirements_produces_an_image(settings: Settings) 
     assert isinstance(result, BuildSucceeded), result
     assert [e.id for e in started] == [cmd.derived_id("started")]
     assert result.id == cmd.derived_id("succeeded")
-    assert any(p.startswith("aiohttp==") for p in result.packages)
+    assert any(p.startswith("msgspec==") for p in result.packages)
     image = platform.store.image(result.image)
     assert _files_in(image / "code") == ["predict.py"]
     assert (image / "runtime" / "pier" / "harness" / "loader.py").is_file()
@@ -153,6 +153,28 @@ async def test_second_build_with_the_same_requirements_reuses_the_environment(se
     # uv ran neither a venv creation nor an install for the second build.
     log = platform.log(second_cmd)
     assert not any(line.startswith(("creating environment", "Resolved", "Installed", "Using CPython")) for line in log)
+
+
+async def test_the_import_check_caches_bytecode_in_the_environment_but_never_in_the_image(
+    settings: Settings,
+) -> None:
+    code: dict[str, str | bytes] = {
+        "predict.py": "import helper\nimport six\n" + PREDICT,
+        "helper.py": "X = 1\n",
+        "requirements.txt": "six\n",
+    }
+    async with running_builder(settings) as platform:
+        result = await platform.outcome(await platform.build(code))
+
+    assert isinstance(result, BuildSucceeded), result
+    assert all("==" in p for p in result.packages), result.packages  # pins only, no uv status lines
+    image = platform.store.image(result.image)
+    assert _files_in(image / "code") == ["helper.py", "predict.py", "requirements.txt"]
+    assert not list((image / "runtime").rglob("__pycache__"))
+    # Later checks and instance starts load the environment's packages from bytecode.
+    manifest = platform.store.manifest(result.image)
+    assert manifest is not None
+    assert list(platform.store.env(manifest.env_hash).rglob("__pycache__/six.*.pyc"))
 
 
 async def test_missing_function_fails_naming_it(settings: Settings) -> None:

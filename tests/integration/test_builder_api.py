@@ -11,8 +11,10 @@ import contextlib
 import datetime as dt
 import gzip
 import io
+import os
 import subprocess
 import tarfile
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from pier import bus, db, events, outbox
 from pier.artifacts import Store
 from pier.config import Settings
 from pier.events import LogLine, StartBuild
+from pier.spec import Entrypoint
 from services.api import app as api_app
 from services.api import auth, images, schedules
 from services.api.__main__ import EVENT_TYPES, MIGRATIONS
@@ -58,6 +61,7 @@ class Api:
     session: aiohttp.ClientSession
     settings: Settings
     pool: Any
+    builder: Builder
     wire: list[bytes] = field(default_factory=list)  # every message published on NATS, raw
     logs: dict[str, list[str]] = field(default_factory=dict)  # build log lines by model id
 
@@ -129,7 +133,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
             async with aiohttp.ClientSession(
                 base_url=str(server.make_url("/")), headers={"Authorization": f"Bearer {TOKEN}"}
             ) as session:
-                yield Api(session, settings, pool, wire, logs)
+                yield Api(session, settings, pool, builder, wire, logs)
         finally:
             for task in tasks:
                 task.cancel()
@@ -337,11 +341,36 @@ async def test_images_of_terminated_model_apis_are_collected_unless_still_used(a
     store = Store(api.settings.artifacts)
 
     await api.call("DELETE", "/models/first", status=202)
-    assert await images.collect(api.pool, store) == []  # "second" still uses the image
+    assert await images.collect(api.pool, store, recently_used=0) == []  # "second" still uses the image
     assert store.manifest(first["image"]) is not None
 
     await api.call("DELETE", "/models/second", status=202)
-    assert await images.collect(api.pool, store) == [first["image"]]
+    assert await images.collect(api.pool, store) == []  # built moments ago: a build may be reusing it
+    assert await images.collect(api.pool, store, recently_used=0) == [first["image"]]
     assert not store.image(first["image"]).exists()
     assert store.manifest(other["image"]) is not None
+    assert await images.collect(api.pool, store, recently_used=0) == []
+
+
+async def test_an_image_a_build_has_just_reused_survives_a_sweep_before_its_version_records_it(api: Api) -> None:
+    code = {"predict.py": "def predict():\n    return 'again'\n"}
+    await api.deploy("gone", code)
+    gone = await api.settled("gone")
+    await api.call("DELETE", "/models/gone", status=202)
+    store = Store(api.settings.artifacts)
+    image = store.image(gone["image"])
+    long_ago = image.stat().st_mtime - 2 * images.RECENTLY_USED
+    os.utime(image, (long_ago, long_ago))
+
+    # A build of the same code for a version the api has not recorded an image for (here: one it
+    # does not know at all, as if its BuildSucceeded were still on the way) reuses the image.
+    cmd = StartBuild(model_id=uuid.uuid4().hex, version=1, source=gone["source"], entrypoint=Entrypoint(**CODE))
+    await api.builder.handle(cmd)
+    reused = f"image {gone['image'][:12]} already built"
+    await until(lambda: reused in api.logs.get(cmd.model_id, []))
+
     assert await images.collect(api.pool, store) == []
+    assert store.manifest(gone["image"]) is not None
+    os.utime(image, (long_ago, long_ago))
+    assert await images.collect(api.pool, store) == [gone["image"]]
+    assert not image.exists()

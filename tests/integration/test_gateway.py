@@ -360,6 +360,25 @@ async def test_instance_slower_than_the_request_timeout_is_504(env: Env, tmp_pat
         status, body, _ = await env.call("POST", "/models/slow/latest/slow", json={})
         assert (status, body["error"]["type"]) == (504, "Timeout")
 
+        # The connection that timed out is dropped, not reused: once the instance's worker is free
+        # again (the slow call ends), calls are answered, each with its own result.
+        async def served() -> bool:
+            status, body, _ = await env.call("POST", "/models/slow/latest/add", json={"a": 2, "b": 3})
+            return status == 200 and body["result"] == 5
+
+        await until(served, within=20)
+
+
+async def test_concurrent_calls_to_one_instance_each_get_their_own_answer(
+    env: Env, model: tuple[RouteRecord, Harness]
+) -> None:
+    # Calls to one instance share its connections, pipelined: answers must never be swapped.
+    for _ in range(3):
+        answers = await asyncio.gather(
+            *(env.call("POST", "/models/demo/latest/model", json={"data": {"x": i, "y": 1000}}) for i in range(100))
+        )
+        assert [(status, body["result"]["sum"]) for status, body, _ in answers] == [(200, i + 1000) for i in range(100)]
+
 
 async def test_body_over_the_limit_is_413(env: Env, model: tuple[RouteRecord, Harness]) -> None:
     big = {"data": {"x": 1, "pad": "x" * (64 * 1024)}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 
 from pier.spec import Entrypoint
-from services.builder.environments import env_hash, harness_requirements, uv_error
+from services.builder.environments import env_hash, harness_requirements, pinned_packages, uv_error
 from services.builder.images import image_digest, runtime_files
 
 HARNESS = ["aiohttp==3.10.0", "msgspec==0.19.0"]
@@ -30,7 +30,7 @@ def test_env_hash_changes_with_each_input() -> None:
 
 def test_harness_requirements_pin_the_platforms_versions() -> None:
     assert harness_requirements() == [
-        f"aiohttp=={importlib.metadata.version('aiohttp')}",
+        f"httptools=={importlib.metadata.version('httptools')}",
         f"msgspec=={importlib.metadata.version('msgspec')}",
         f"uvloop=={importlib.metadata.version('uvloop')}",
     ]
@@ -51,6 +51,22 @@ def test_uv_error_joins_the_error_with_its_innermost_cause() -> None:
 def test_uv_error_without_an_error_line_uses_the_last_line() -> None:
     assert uv_error(["Resolved 3 packages", "killed", ""]) == "killed"
     assert uv_error([]) == "uv exited with an error and no output"
+
+
+def test_the_recorded_package_list_holds_only_pins_not_uvs_status_lines() -> None:
+    frozen = [
+        "Using Python 3.11.7 environment at: envs/.tmp-41797c9a5e06-0b9d440a",
+        "numpy==2.4.6",
+        "",
+        "# a comment",
+        "local @ file:///tmp/local-1.0-py3-none-any.whl",
+        "-e file:///src/mine",
+    ]
+    assert pinned_packages(frozen) == [
+        "numpy==2.4.6",
+        "local @ file:///tmp/local-1.0-py3-none-any.whl",
+        "-e file:///src/mine",
+    ]
 
 
 def test_image_digest_covers_code_environment_and_entrypoint() -> None:

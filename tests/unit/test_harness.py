@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
 import threading
@@ -10,11 +11,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from pier.harness.loader import Functions, argument_problems
-from pier.harness.server import Harness, build_app, encode_result
+from pier.harness.server import Harness, encode_result, serve_harness
 from pier.spec import Entrypoint, Param, Route
 
 CODE = """
@@ -82,19 +83,21 @@ def _entrypoint(function: str = "named", **kw: Any) -> Entrypoint:
 
 @pytest.fixture
 async def serve(code_dir: Path) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[TestClient[Any, Any]] = []
+    """Start a harness on a free port; the answer is an HTTP client of it (paths relative to it)."""
+    started: list[tuple[Any, aiohttp.ClientSession]] = []
 
-    async def start(entrypoint: Entrypoint, timeout: float = 10.0, max_body: int = 1024) -> TestClient[Any, Any]:
+    async def start(entrypoint: Entrypoint, timeout: float = 10.0, max_body: int = 1024) -> aiohttp.ClientSession:
         functions = Functions(code_dir, entrypoint)
         harness = Harness(functions, entrypoint, 1, timeout, "v-id", 3)
-        client: TestClient[Any, Any] = TestClient(TestServer(build_app(harness, max_body)))
-        await client.start_server()
-        clients.append(client)
+        server = await serve_harness(harness, max_body, port=0)
+        client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{server.port}")
+        started.append((server, client))
         return client
 
     yield start
-    for client in clients:
+    for server, client in started:
         await client.close()
+        await server.close(grace=0.1)
 
 
 async def test_data_and_parameters_call_the_same_function(serve: Callable[..., Any]) -> None:
@@ -256,3 +259,67 @@ def test_argument_problems_name_everything_at_once() -> None:
     def g(a: int, **rest: Any) -> None: ...
 
     assert argument_problems(g, [], {"a": 1, "anything": 2}) == []
+
+
+async def _raw(port: int, data: bytes, answers: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `data` as is on one connection and read `answers` HTTP answers (Content-Length bodies)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        out = []
+        for _ in range(answers):
+            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1").split("\r\n")
+            headers = dict(line.split(": ", 1) for line in head[1:] if line)
+            body = await reader.readexactly(int(headers["Content-Length"]))
+            out.append((int(head[0].split()[1]), headers, body))
+        return out
+    finally:
+        writer.close()
+
+
+def _post(path: str, body: bytes, request_id: str, extra: str = "") -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {request_id}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+@pytest.fixture
+async def harness_port(code_dir: Path) -> AsyncIterator[int]:
+    entrypoint = _entrypoint()
+    harness = Harness(Functions(code_dir, entrypoint), entrypoint, 1, 10.0, "v-id", 3)
+    server = await serve_harness(harness, 1024, port=0)
+    yield server.port
+    await server.close(grace=0.1)
+
+
+async def test_pipelined_requests_are_answered_in_order_on_one_connection(harness_port: int) -> None:
+    calls = [_post("/model", b'{"parameters": [%d, 1]}' % i, f"r-{i}") for i in range(5)]
+    calls.insert(2, _post("/model", b"{", "bad"))  # a failing call in the middle keeps its place
+    answers = await _raw(harness_port, b"".join(calls), len(calls))
+    assert [h["X-Request-Id"] for _, h, _ in answers] == ["r-0", "r-1", "bad", "r-2", "r-3", "r-4"]
+    assert [status for status, _, _ in answers] == [200, 200, 400, 200, 200, 200]
+    assert [_result(b) for _, _, b in answers if b.startswith(b'{"result"')] == [{"sum": i + 1} for i in range(5)]
+
+
+def _result(body: bytes) -> Any:
+    return json.loads(body)["result"]
+
+
+async def test_a_chunked_body_is_read_and_connection_close_is_honoured(harness_port: int) -> None:
+    body = b'{"data": {"x": 2, "y": 3}}'
+    chunked = (
+        b"POST /model HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    [(status, headers, answer)] = await _raw(harness_port, chunked, 1)
+    assert status == 200 and headers["Connection"] == "close" and _result(answer) == {"sum": 5}
+
+
+async def test_malformed_http_unknown_paths_and_verbs_get_json_errors(harness_port: int) -> None:
+    [(status, _, body)] = await _raw(harness_port, b"NOT HTTP AT ALL\r\n\r\n", 1)
+    assert status == 400 and b'"BadRequest"' in body
+    [(missing, _, _), (wrong_verb, _, _)] = await _raw(
+        harness_port, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\nGET /model HTTP/1.1\r\nHost: x\r\n\r\n", 2
+    )
+    assert (missing, wrong_verb) == (404, 405)

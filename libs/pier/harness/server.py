@@ -1,7 +1,8 @@
 """The instance's HTTP server: `/model` (Domino formats), user routes, `/ping` and `/health`.
 
-Configured by PIER_* variables the runtime driver sets. Sync functions run on a worker pool so
-the event loop keeps answering health checks; async functions are awaited on the loop.
+Configured by PIER_* variables the runtime driver sets. Sync functions run on a worker (a thread
+for one worker, processes for more) so the event loop keeps answering health checks; async
+functions are awaited on the loop. Served by the lean server in `pier.harness.http`.
 """
 
 from __future__ import annotations
@@ -9,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import inspect
 import multiprocessing
 import os
+import queue
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 import uvloop
-from aiohttp import web
 
+from pier.harness.http import Request, Response, Server
 from pier.harness.loader import Functions, LoadError, argument_problems
 from pier.spec import Entrypoint, Route, SpecError, coerce_query, match_template
 
@@ -73,6 +79,64 @@ def _call_in_worker(file: str, name: str, args: list[Any], kwargs: dict[str, Any
     return run_call(_functions.get(file, name), args, kwargs)
 
 
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in outcomes:
+        if not future.done():  # past the request timeout, or the caller left: the outcome goes nowhere
+            future.set_result(outcome)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+# How long a worker may hold finished outcomes to hand them back together (seconds).
+_BATCH = 0.0005
+
+
+class _Worker:
+    """One thread running sync calls in arrival order.
+
+    Measured: `loop.run_in_executor` on a one-thread ThreadPoolExecutor (a concurrent future, its
+    chaining to an asyncio future, the executor's lock and bookkeeping) cost tens of microseconds
+    per call. Here a call is one queue put, and outcomes go back to the loop with one
+    `call_soon_threadsafe`: for the calls already waiting when one ends (the gateway keeps a few
+    queued at a fast instance), several together, so the loop and this thread trade the GIL once
+    per batch, not once per call. A batch is held at most `_BATCH` seconds."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Any, tuple[Any, ...]]]
+        self._calls = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(
+        self, loop: asyncio.AbstractEventLoop, func: Callable[..., bytes | Failure], *args: Any
+    ) -> asyncio.Future[bytes | Failure]:
+        future: asyncio.Future[bytes | Failure] = loop.create_future()
+        self._calls.put((loop, future, func, args))
+        return future
+
+    def _run(self) -> None:
+        calls = self._calls
+        clock = time.perf_counter
+        while True:
+            item = calls.get()
+            outcomes: list[tuple[asyncio.Future[Any], Any]] = []
+            since = clock()
+            while True:
+                loop, future, func, args = item
+                if not future.done():  # skip calls whose caller gave up while they waited
+                    outcomes.append((future, func(*args)))  # run_call: exceptions come back as a Failure
+                if clock() - since > _BATCH:
+                    break
+                try:
+                    item = calls.get_nowait()  # one harness, one loop: every call's is the same
+                except queue.Empty:
+                    break
+            with contextlib.suppress(RuntimeError):  # the loop closed (the instance is stopping)
+                loop.call_soon_threadsafe(_settle, outcomes)
+
+
 class CallError(Exception):
     def __init__(self, status: int, kind: str, message: str, errors: list[tuple[str, str]] | None = None) -> None:
         super().__init__(message)
@@ -105,31 +169,45 @@ class Harness:
         self.broken = ""
         # One worker: a thread is enough to keep the loop free, with no copying of arguments.
         # Several: processes, so CPU-bound Python code really runs in parallel.
-        self.pool: concurrent.futures.Executor
+        self.pool: concurrent.futures.Executor | None = None
+        self.worker: _Worker | None = None
         if workers <= 1:
-            self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+            self.worker = _Worker("model")
         else:
             self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
             self.pool.submit(int).result()  # fork every worker now, before the event loop starts
         # The health function gets a thread of its own: a probe must not queue behind slow calls.
         self.health_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="health")
+        self.routes: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {
+            "/ping": {"GET": self.ping},
+            "/health": {"GET": self.health},
+            "/model": {"POST": self.model},
+        }
+        for route in entrypoint.routes:
+            self.routes.setdefault(route.path, {})[route.verb] = self.route_handler(route)
+        self.max_body = 0  # set by `serve_harness`
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by `serve_harness`
 
     async def invoke(self, request_id: str, file: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> bytes:
         """Run one call within the request timeout; its JSON-encoded result, or a CallError."""
         func = self.functions.get(file, name)
-        problems = argument_problems(func, args, kwargs)
-        if problems:
-            listed = "; ".join(f"{field} {problem}" for field, problem in problems)
-            raise CallError(400, "BadArguments", f"the arguments do not fit {name}(): {listed}", problems)
-        loop = asyncio.get_running_loop()
+        # Kept, not asked for each call: asyncio.get_running_loop() is a system call (getpid) on 3.11.
+        loop = self.loop or asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeout):
-                if inspect.iscoroutinefunction(func):
-                    outcome = await _await_call(func, args, kwargs)
-                elif isinstance(self.pool, concurrent.futures.ThreadPoolExecutor):
-                    outcome = await loop.run_in_executor(self.pool, run_call, func, args, kwargs)
-                else:
-                    outcome = await loop.run_in_executor(self.pool, _call_in_worker, file, name, args, kwargs)
+            if self.worker is not None and not _is_async(func):
+                # A bare timer, not asyncio.timeout(): its bookkeeping showed in profiles.
+                future = self.worker.submit(loop, run_call, func, args, kwargs)
+                timer = loop.call_later(self.timeout, _expire, future)
+                try:
+                    outcome = await future
+                finally:
+                    timer.cancel()
+            else:
+                async with asyncio.timeout(self.timeout):
+                    if _is_async(func):
+                        outcome = await _await_call(func, args, kwargs)
+                    else:
+                        outcome = await loop.run_in_executor(self.pool, _call_in_worker, file, name, args, kwargs)
         except TimeoutError:
             # The call itself runs on to its end in its worker: Python cannot stop a thread, and
             # killing a process would break the pool for every other call in flight.
@@ -141,13 +219,41 @@ class Harness:
             _log(f"harness: {self.broken}; this instance can no longer serve")
             raise CallError(500, "WorkerDied", self.broken) from None
         if isinstance(outcome, Failure):
+            # Arguments are checked only when a call fails with TypeError, not on every call (the
+            # check, inspect.signature, was a tenth of the harness's time per call): when they do
+            # not fit, binding them failed before any line of the function ran (only a decorator's
+            # own code may have), so the answer is the same 400 naming every problem.
+            if outcome.kind == "TypeError" and (problems := argument_problems(func, args, kwargs)):
+                listed = "; ".join(f"{field} {problem}" for field, problem in problems)
+                raise CallError(400, "BadArguments", f"the arguments do not fit {name}(): {listed}", problems)
             if outcome.traceback:
                 _log(f"request {request_id}: {name}() raised {outcome.kind}\n{outcome.traceback.rstrip()}")
             raise CallError(500, outcome.kind, outcome.message)
         return outcome
 
-    async def respond(self, request: web.Request, call: Callable[[str], Awaitable[bytes]]) -> web.Response:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    async def handle(self, request: Request) -> Response:
+        """Every request: `/ping`, `/health`, `/model` and the user's routes."""
+        by_verb = self.routes.get(request.path)
+        if by_verb is None:
+            return _refusal(request, 404, "NotFound", "Not Found")
+        handler = by_verb.get("GET" if request.method == "HEAD" else request.method)
+        if handler is None:
+            return _refusal(request, 405, "MethodNotAllowed", "Method Not Allowed")
+        return await handler(request)
+
+    def refused(self, request: Request | None, status: int) -> Response:
+        """What the HTTP server answers by itself (a body over the limit, malformed HTTP), as a call error."""
+        if status == 413:
+            err = CallError(413, "TooLarge", f"the body is over the limit of {self.max_body} bytes")
+        elif status == 400:
+            err = CallError(400, "BadRequest", "the request is not valid HTTP/1.1")
+        else:
+            err = CallError(status, "InternalError", "the harness failed; see the instance log")
+        request_id = request.headers.get("x-request-id", "") if request is not None else ""
+        return Response(err.status, err.body(request_id))
+
+    async def respond(self, request: Request, call: Callable[[str], Awaitable[bytes]]) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         started = time.perf_counter()
         try:
             result = await call(request_id)
@@ -164,24 +270,22 @@ class Harness:
             f"request {request_id} {request.method} {request.path} -> {status} "
             f"in {(time.perf_counter() - started) * 1000:.1f} ms"
         )
-        return web.Response(
-            body=body, status=status, content_type="application/json", headers={"X-Request-Id": request_id}
-        )
+        return Response(status, body, headers={"X-Request-Id": request_id})
 
-    async def model(self, request: web.Request) -> web.Response:
+    async def model(self, request: Request) -> Response:
         async def call(request_id: str) -> bytes:
-            args, kwargs = domino_arguments(await _json_body(request))
+            args, kwargs = domino_arguments(_json_body(request))
             return await self.invoke(request_id, self.entrypoint.file, self.entrypoint.function, args, kwargs)
 
         return await self.respond(request, call)
 
-    def route_handler(self, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def handler(request: web.Request) -> web.Response:
+    def route_handler(self, route: Route) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        async def handler(request: Request) -> Response:
             async def call(request_id: str) -> bytes:
                 if route.verb == "GET":
-                    body: Any = coerce_query(route, dict(request.query))
+                    body: Any = coerce_query(route, dict(parse_qsl(request.query, keep_blank_values=True)))
                 else:
-                    body = await _json_body(request) if request.can_read_body else {}
+                    body = _json_body(request) if request.body else {}
                 if not isinstance(body, dict):
                     raise CallError(400, "BadRequest", "the body must be a JSON object")
                 try:
@@ -196,16 +300,16 @@ class Harness:
 
         return handler
 
-    async def ping(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def ping(self, _: Request) -> Response:
+        return Response(200, b'{"status":"ok"}')
 
-    async def health(self, _: web.Request) -> web.Response:
+    async def health(self, _: Request) -> Response:
         """The monitor's probe: the user's health function if there is one, else the loop answering."""
         if self.broken:
-            return web.json_response({"healthy": False, "reason": self.broken}, status=503)
+            return Response(503, msgspec.json.encode({"healthy": False, "reason": self.broken}))
         name = self.entrypoint.health_function
         if name is None:
-            return web.json_response({"healthy": True})
+            return Response(200, b'{"healthy":true}')
         func = self.functions.get(self.entrypoint.file, name)
         loop = asyncio.get_running_loop()
         try:
@@ -220,7 +324,7 @@ class Harness:
             healthy, reason = False, f"{name}() took longer than {self.timeout:g} s"
         except Exception as exc:
             healthy, reason = False, f"{name}() raised {type(exc).__name__}: {exc}"
-        return web.json_response({"healthy": healthy, "reason": reason}, status=200 if healthy else 503)
+        return Response(200 if healthy else 503, msgspec.json.encode({"healthy": healthy, "reason": reason}))
 
 
 def domino_arguments(payload: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -261,51 +365,81 @@ async def _await_call(func: Callable[..., Awaitable[Any]], args: list[Any], kwar
     return encode_result(result)
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+_async_functions: dict[Callable[..., Any], bool] = {}
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    known = _async_functions.get(func)
+    if known is None:
+        known = _async_functions[func] = inspect.iscoroutinefunction(func)
+    return known
+
+
+def _refusal(request: Request, status: int, kind: str, reason: str) -> Response:
+    err = CallError(status, kind, f"{request.method} {request.path}: {reason}")
+    return Response(status, err.body(request.headers.get("x-request-id", "")))
+
+
+def _json_body(request: Request) -> Any:
     try:
-        return msgspec.json.decode(raw)
+        return msgspec.json.decode(request.body)
     except msgspec.DecodeError as exc:
         raise CallError(400, "MalformedJSON", f"the body is not valid JSON: {exc}") from None
 
 
-def _log(line: str) -> None:
-    # stdout and stderr both go to the instance log; one stream keeps the lines in order.
-    print(line, flush=True)
+class _Log:
+    """Lines for the instance log, written once per turn of the event loop, after the answers.
+
+    A `print(..., flush=True)` per call was a write system call on every call's path; here the
+    lines of the calls answered in one turn of the loop go out in one write, in order."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once it runs
+
+    def __call__(self, line: str) -> None:
+        if self.loop is None or self.loop.is_closed():
+            print(line, flush=True)  # not serving (yet): write at once
+            return
+        if not self.lines:
+            self.loop.call_soon(self.flush)
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        # stdout and stderr both go to the instance log; one stream keeps the lines in order.
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
 
 
-def _errors_middleware(limit: int) -> Any:
-    """Whatever aiohttp answers by itself (413, 404, 405) still comes back as an invocation error."""
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            if exc.status == 413:
-                err = CallError(413, "TooLarge", f"the body is over the limit of {limit} bytes")
-            else:
-                err = CallError(
-                    exc.status, exc.reason.replace(" ", ""), f"{request.method} {request.path}: {exc.reason}"
-                )
-            request_id = request.headers.get("X-Request-Id", "")
-            return web.Response(body=err.body(request_id), status=err.status, content_type="application/json")
-
-    return middleware
+_log = _Log()
 
 
-def build_app(harness: Harness, max_body: int) -> web.Application:
-    app = web.Application(client_max_size=max_body, middlewares=[_errors_middleware(max_body)])
-    app.router.add_get("/ping", harness.ping)
-    app.router.add_get("/health", harness.health)
-    app.router.add_post("/model", harness.model)
-    for route in harness.entrypoint.routes:
-        app.router.add_route(route.verb, route.path, harness.route_handler(route))
-    return app
+async def serve_harness(harness: Harness, max_body: int, port: int, host: str = "127.0.0.1") -> Server:
+    """Start serving on host:port (0: any free port, then see `Server.port`)."""
+    harness.max_body = max_body
+    harness.loop = _log.loop = asyncio.get_running_loop()
+    server = Server(
+        harness.handle,
+        harness.refused,
+        max_body=max_body,
+        log_error=lambda request, exc: _log(f"harness: {request.method} {request.path} failed: {exc!r}"),
+    )
+    await server.listen_tcp(host, port)
+    return server
+
+
+async def _serve_until_stopped(harness: Harness, max_body: int, port: int) -> None:
+    server = await serve_harness(harness, max_body, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    # Calls already taken finish first, within the local driver's 10 s between SIGTERM and SIGKILL.
+    await server.close(grace=8.0)
+    if _log.lines:
+        _log.flush()
 
 
 def main() -> None:
@@ -335,11 +469,7 @@ def main() -> None:
     )
     port = int(env.get("PIER_PORT", "0"))
     print(f"harness: serving on 127.0.0.1:{port}", flush=True)
-    web.run_app(
-        build_app(harness, int(env.get("PIER_MAX_BODY_BYTES", str(32 * 1024 * 1024)))),
-        host="127.0.0.1",
-        port=port,
-        print=None,
-        access_log=None,
-        loop=uvloop.new_event_loop(),  # measured: the default loop's per-call cost showed in bench/gateway
-    )
+    max_body = int(env.get("PIER_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+    # uvloop: measured, the default loop's per-call cost showed in bench/gateway.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve_until_stopped(harness, max_body, port))
