@@ -31,8 +31,9 @@ class Handlers:
     async def health(self, _: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
-    async def openapi(self, _: web.Request) -> web.Response:
-        return json_response(openapi.document())
+    async def openapi(self, request: web.Request) -> web.Response:
+        """This document"""
+        return json_response(openapi.document(request.app.router))
 
     async def list_models(self, _: web.Request) -> web.Response:
         async with self.pool.acquire() as conn:

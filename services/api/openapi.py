@@ -1,54 +1,64 @@
-"""The OpenAPI document, generated from the request and response Structs."""
+"""The OpenAPI document: every route the app serves, read from its router, so it cannot drift from
+the code; request and response schemas come from the Structs for the routes that declare them."""
 
 from __future__ import annotations
 
-import functools
+import inspect
 from typing import Any
 
 import msgspec
+from aiohttp import web
 
 from services.api.schemas import CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut
 
+# (method, path) -> (request schema, response schema, success status) where a Struct describes them.
+_SCHEMAS: dict[tuple[str, str], tuple[str | None, str | None, int]] = {
+    ("POST", "/v1/models"): ("CreateModel", "ModelOut", 201),
+    ("GET", "/v1/models/{ref}"): (None, "ModelOut", 200),
+    ("POST", "/v1/models/{ref}/versions"): ("CreateVersion", None, 201),
+    ("GET", "/v1/models/{ref}/versions"): (None, "VersionOut", 200),
+    ("POST", "/v1/sources"): (None, "SourceOut", 201),
+}
+_COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut]
+_PUBLIC = {"/v1/health", "/v1/openapi.json", "/metrics"}
 
-def _op(summary: str, request: str | None = None, response: str | None = None, status: int = 200) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {str(status): {"description": "OK"}}}
-    if request:
-        op["requestBody"] = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}}}
-    if response:
-        op["responses"][str(status)]["content"] = {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}
-        }
-    return op
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
 
-@functools.cache
-def document() -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(
-        [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut], ref_template="#/components/schemas/{name}"
-    )
+def _summary(handler: Any) -> str:
+    doc = inspect.getdoc(handler)
+    if doc:
+        return doc.splitlines()[0]
+    return str(getattr(handler, "__name__", "")).replace("_", " ").strip().capitalize()
+
+
+def document(router: web.UrlDispatcher) -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(_COMPONENTS, ref_template="#/components/schemas/{name}")
+    paths: dict[str, dict[str, Any]] = {}
+    for route in router.routes():
+        path = route.resource.canonical if route.resource else ""
+        if route.method == "HEAD" or not (path.startswith("/v1/") or path == "/metrics"):
+            continue
+        request, response, status = _SCHEMAS.get((route.method, path), (None, None, 200))
+        op: dict[str, Any] = {"summary": _summary(route.handler), "responses": {str(status): {"description": "OK"}}}
+        if request:
+            op["requestBody"] = _ref(request)
+        if response:
+            op["responses"][str(status)].update(_ref(response))
+        if path in _PUBLIC:
+            op["security"] = []
+        params = [p[1:-1] for p in path.split("/") if p.startswith("{")]
+        if params:
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+            ]
+        paths.setdefault(path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Pier management API", "version": "1"},
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
-        "paths": {
-            "/v1/sources": {
-                "post": {
-                    "summary": "Upload a gzip'd tarball of source code (raw body, application/gzip)",
-                    "responses": {"201": {"description": "stored; its digest"}},
-                }
-            },
-            "/v1/models": {
-                "get": _op("List model APIs", response="ModelOut"),
-                "post": _op("Create a model API and build its version 1", "CreateModel", "ModelOut", 201),
-            },
-            "/v1/models/{ref}": {"get": _op("Show a model API by id or name", response="ModelOut")},
-            "/v1/models/{ref}/versions": {
-                "get": _op("List versions, newest first", response="VersionOut"),
-                "post": _op("Build and roll out a new version", "CreateVersion", status=201),
-            },
-        },
+        "paths": dict(sorted(paths.items())),
     }

@@ -121,6 +121,10 @@ async def test_openapi_document_lists_the_model_routes(api: tuple[aiohttp.Client
         doc = await r.json()
     assert "/v1/models" in doc["paths"]
     assert "CreateModel" in doc["components"]["schemas"]
+    # Read from the router: every route of every module is there, tokens and logs included.
+    assert "post" in doc["paths"]["/v1/models/{ref}/tokens"]
+    assert "get" in doc["paths"]["/v1/models/{ref}/logs"]
+    assert doc["paths"]["/v1/models/{ref}/stop"]["post"]["parameters"][0]["name"] == "ref"
 
 
 def test_example_exists() -> None:
