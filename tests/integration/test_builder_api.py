@@ -140,7 +140,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await server.close()
-            await pool.close()
+            await db.close_pool(pool)
 
 
 async def test_a_compute_environment_is_listed_and_its_packages_reach_the_build(api: Api) -> None:
@@ -267,7 +267,7 @@ async def test_an_upload_over_the_size_limit_is_413(settings: Settings) -> None:
             assert len(list((small.artifacts / "sources").iterdir())) == 1  # nothing of the refused one
         finally:
             await server.close()
-            await pool.close()
+            await db.close_pool(pool)
 
 
 def _bad_tarball(member: tarfile.TarInfo) -> bytes:

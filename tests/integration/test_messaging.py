@@ -35,7 +35,7 @@ async def test_outbox_row_committed_with_state_reaches_consumer_once(settings: S
             await asyncio.sleep(0.3)
             relay_task.cancel()
             consumer.cancel()
-    await pool.close()
+    await db.close_pool(pool)
     assert seen == [event.id]
     assert await _outbox_empty(settings)
 
@@ -45,7 +45,7 @@ async def _outbox_empty(settings: Settings) -> bool:
     try:
         return await pool.fetchval("SELECT count(*) FROM outbox") == 0
     finally:
-        await pool.close()
+        await db.close_pool(pool)
 
 
 async def test_message_is_redelivered_when_handler_dies_mid_message(settings: Settings) -> None:
@@ -74,7 +74,7 @@ async def test_migrations_apply_once(settings: Settings, tmp_path: Path) -> None
     (tmp_path / "sql" / "001_a.sql").write_text("CREATE TABLE a (x int);")
     first = await db.migrate(pool, tmp_path / "sql")
     second = await db.migrate(pool, tmp_path / "sql")
-    await pool.close()
+    await db.close_pool(pool)
     assert "001_a.sql" in first
     assert second == []
 

@@ -172,7 +172,7 @@ async def scheduler_in_process(settings: Settings) -> AsyncIterator[Running]:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            await pool.close()
+            await db.close_pool(pool)
 
 
 async def get(session: aiohttp.ClientSession, address: str, path: str) -> int:

@@ -104,7 +104,7 @@ async def test_a_failed_model_api_accepts_only_terminate(api: Api) -> None:
     try:
         await pool.execute("UPDATE models SET state = 'failed', reason = 'crashed 5 times' WHERE id = $1", model_id)
     finally:
-        await pool.close()
+        await db.close_pool(pool)
     for path in ("/v1/models/broken/stop", "/v1/models/broken/restart"):
         async with session.post(path) as r:
             body = await r.json()
@@ -147,7 +147,7 @@ async def test_purge_terminates_only_model_apis_stopped_longer_than_the_limit(ap
             await pool.execute("UPDATE models SET stopped_at = now() - interval '1 hour' WHERE id = $1", ids["recent"])
             assert await control.purge_stopped(lc, 0.01) == ["recent"]
         finally:
-            await pool.close()
+            await db.close_pool(pool)
         # The scheduler is told to remove their instances' directories.
         await until(lambda: {c.model_id for c in commands if c.purge} == {ids["old"], ids["recent"]})
     async with session.get("/v1/models/old") as r:

@@ -92,7 +92,7 @@ async def gpu_scheduler(settings: Settings, gpus: str) -> AsyncIterator[Running]
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            await pool.close()
+            await db.close_pool(pool)
 
 
 def of_model(events: list[Any], model_id: str) -> list[Any]:
