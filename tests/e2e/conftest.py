@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
@@ -19,8 +20,9 @@ from pier.config import Settings
 TOKEN = "pier_e2e_token"
 
 
-@pytest.fixture
-async def platform(settings: Settings) -> AsyncIterator[Platform]:
+@asynccontextmanager
+async def running_platform(settings: Settings) -> AsyncIterator[Platform]:
+    """The five services on `settings` (with free ports of their own), stopped even when a test fails."""
     settings = msgspec.structs.replace(settings, api_port=free_port(), gateway_port=free_port(), ack_wait=3.0)
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "credentials.json").write_text(
@@ -33,6 +35,12 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+async def platform(settings: Settings) -> AsyncIterator[Platform]:
+    async with running_platform(settings) as running:
+        yield running
 
 
 def pier(platform: Platform, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -18,12 +18,11 @@ import msgspec
 import nats
 import pytest
 
-from infra.embedded import free_port
 from infra.supervisor import Platform
 from pier import events
 from pier.client import Client
 from pier.config import Settings
-from tests.e2e.conftest import EXAMPLES, TOKEN, pier
+from tests.e2e.conftest import EXAMPLES, TOKEN, pier, running_platform
 from tests.support import until
 
 
@@ -319,20 +318,8 @@ async def test_routes_check_templates_at_the_gateway_and_pass_arguments(platform
 @pytest.fixture
 async def two_worker_platform(settings: Settings) -> AsyncIterator[Platform]:
     """The `platform` fixture's platform, with a default of two workers per instance (PIER_DEFAULT_WORKERS=2)."""
-    settings = msgspec.structs.replace(
-        settings, api_port=free_port(), gateway_port=free_port(), ack_wait=3.0, default_workers=2
-    )
-    settings.home.mkdir(parents=True, exist_ok=True)
-    (settings.home / "credentials.json").write_text(
-        json.dumps({"api_url": settings.api_url, "gateway_url": settings.gateway_url, "token": TOKEN})
-    )
-    running = Platform(settings, TOKEN)
-    try:
-        running.start()
-        await running.wait_healthy()
+    async with running_platform(msgspec.structs.replace(settings, default_workers=2)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def test_workers_run_calls_in_parallel_and_slow_calls_never_block_ping(
