@@ -25,7 +25,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from pier import events, telemetry
 from pier.config import Settings
@@ -240,3 +240,25 @@ async def kv_update(kv: KeyValue, key: str, change: Callable[[bytes | None], byt
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
             await asyncio.sleep(0.01)
     raise RuntimeError(f"could not update {key}: too many concurrent writers")
+
+
+class KVChange(msgspec.Struct, frozen=True):
+    key: str
+    value: bytes | None  # None: the key was deleted
+    revision: int
+
+
+async def watch(kv: KeyValue, loaded: asyncio.Event) -> AsyncIterator[KVChange]:
+    """Every key's current value, then every change, forever; `loaded` is set once the initial
+    values have all been yielded, so a reader knows when its view is complete."""
+    watcher = await kv.watchall()
+    try:
+        async for entry in watcher:
+            if entry is None:  # nats-py marks the end of the initial values with None
+                loaded.set()
+                continue
+            deleted = entry.operation in (KV_DEL, KV_PURGE)
+            yield KVChange(entry.key, None if deleted else entry.value, entry.revision or 0)
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()

@@ -7,13 +7,13 @@ watches of `pier_routes`, `pier_instances` and `pier_tokens` keep current.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import msgspec
 import structlog
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
+from pier.bus import watch
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, InstanceRecord, RouteRecord, TokenRecord
 
 log = structlog.get_logger("gateway.table")
@@ -98,17 +98,8 @@ class Table:
 
 async def follow(kv: KeyValue, bucket: str, table: Table, loaded: asyncio.Event) -> None:
     """Apply every change of `bucket` to `table` forever; set `loaded` once the initial values are in."""
-    watcher = await kv.watchall()
-    try:
-        async for entry in watcher:
-            if entry is None:  # the end of the initial values
-                loaded.set()
-                continue
-            deleted = entry.operation in (KV_DEL, KV_PURGE)
-            table.apply(bucket, entry.key, None if deleted else entry.value, entry.revision or 0)
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
+    async for change in watch(kv, loaded):
+        table.apply(bucket, change.key, change.value, change.revision)
 
 
 async def load(kvs: dict[str, KeyValue], table: Table, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:

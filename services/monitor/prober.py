@@ -22,10 +22,10 @@ from typing import Literal
 import aiohttp
 import msgspec
 import structlog
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from pier import metrics
-from pier.bus import Bus, kv_update
+from pier.bus import Bus, kv_update, watch
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RouteRecord
 from services.monitor.membership import Membership
 from services.monitor.policy import DEFAULT_POLICY, Action, Policy, ProbeCounter
@@ -103,22 +103,14 @@ class Prober:
         return self.membership is None or self.membership.owns(instance_id)
 
     async def follow_routes(self, kv: KeyValue, loaded: asyncio.Event) -> None:
-        watcher = await kv.watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    loaded.set()
-                    continue
-                if entry.operation in (KV_DEL, KV_PURGE):
-                    self.routes.pop(entry.key, None)
-                    continue
-                try:
-                    self.routes[entry.key] = _route_decoder.decode(entry.value or b"")
-                except msgspec.DecodeError as exc:
-                    log.error("undecodable route record ignored", model_id=entry.key, error=str(exc))
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+        async for change in watch(kv, loaded):
+            if change.value is None:
+                self.routes.pop(change.key, None)
+                continue
+            try:
+                self.routes[change.key] = _route_decoder.decode(change.value)
+            except msgspec.DecodeError as exc:
+                log.error("undecodable route record ignored", model_id=change.key, error=str(exc))
 
     @property
     def probing(self) -> set[str]:
@@ -129,17 +121,8 @@ class Prober:
         return self._revision >= revision
 
     async def follow(self, loaded: asyncio.Event) -> None:
-        watcher = await self.kv.watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of the initial values
-                    loaded.set()
-                    continue
-                deleted = entry.operation in (KV_DEL, KV_PURGE)
-                self.apply(entry.key, None if deleted else entry.value, entry.revision or 0)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+        async for change in watch(self.kv, loaded):
+            self.apply(change.key, change.value, change.revision)
 
     def apply(self, key: str, value: bytes | None, revision: int) -> None:
         self._revision = max(self._revision, revision)
