@@ -347,7 +347,9 @@ async def test_stop_all_leaves_no_instance_process(settings: Settings) -> None:
     async with scheduler_in_process(settings) as s:
         await s.bus.publish(place(image, instances=2, workers=2))
         await until(lambda: _at_least(s.records(), 2), within=30)
-        leaders = [r["pid"] for r in await s.rows()]
+        # The KV records can land before each row's pid is committed: wait for both pids.
+        rows = await until(lambda: _with_pids(s, 2), within=30)
+        leaders = [r["pid"] for r in rows]
         try:
             await until(lambda: all(len(_group(pid)) == 3 for pid in leaders), within=30)  # leader + 2 workers
         except TimeoutError:
@@ -360,6 +362,11 @@ async def test_stop_all_leaves_no_instance_process(settings: Settings) -> None:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+async def _with_pids(s: Running, n: int) -> list[Any] | None:
+    rows = await s.rows()
+    return rows if len(rows) >= n and all(r["pid"] for r in rows) else None
 
 
 async def _at_least(records: Any, n: int) -> dict[str, InstanceRecord] | None:
