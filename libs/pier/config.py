@@ -28,7 +28,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Stopped model APIs are purged (as by terminate) after this many days.
     purge_after_days: float = 14.0
     default_workers: int = 1
-    default_instances: int = 2
     build_concurrency: int = 2
     build_timeout: float = 1800.0
     build_import_timeout: float = 120.0
@@ -49,10 +48,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def artifacts(self) -> Path:
         return self.home / "artifacts"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.home / "run"
 
     @property
     def api_url(self) -> str:

@@ -313,7 +313,6 @@ AnyEvent = (
     | PlacementRejected
     | UsageRecorded
 )
-AnyCommand = StartBuild | PlaceModel | StopModel | RestartInstance | RunSchedule
 
 # ---- key-value records ------------------------------------------------------------------------
 
@@ -443,15 +442,10 @@ def logs_subject(model_id: str, kind: LogKind) -> str:
 
 
 _event_decoder = msgspec.json.Decoder(AnyEvent)
-_command_decoder = msgspec.json.Decoder(AnyCommand)
 
 
 def decode_event(data: bytes) -> AnyEvent:
     return _event_decoder.decode(data)
-
-
-def decode_command(data: bytes) -> AnyCommand:
-    return _command_decoder.decode(data)
 
 
 def encode(msg: Any) -> bytes:

@@ -45,10 +45,10 @@ async def stop(lc: Lifecycle, ref: str, actor: str) -> str:
         model = await store.resolve(conn, ref, lock=True)
         if model["state"] not in STOPPABLE:
             _refuse(model, "stopped")
-        await lc._emit(conn, StopModel(model_id=model["id"], reason=f"stopped by {actor}", actor=actor))
+        await lc.emit(conn, StopModel(model_id=model["id"], reason=f"stopped by {actor}", actor=actor))
         await conn.execute("UPDATE models SET queue_position = NULL WHERE id = $1", model["id"])
-        await lc._set_state(conn, model, "stopping")
-    await lc._publish_route(model["id"])
+        await lc.set_state(conn, model, "stopping")
+    await lc.publish_route(model["id"])
     return str(model["id"])
 
 
@@ -68,13 +68,13 @@ async def restart(lc: Lifecycle, ref: str, actor: str) -> str:
             # Each instance restarts where it is, on the GPUs it holds: a stop and a new placement
             # would hand its GPUs to whatever waits in line first. Every run gets a fresh work dir.
             for row in live:
-                await lc._emit(
+                await lc.emit(
                     conn, RestartInstance(instance_id=row["instance_id"], reason=f"restarted by {actor}", actor=actor)
                 )
-            await lc._set_state(conn, model, "starting")
+            await lc.set_state(conn, model, "starting")
         else:
             await _place_again(lc, conn, model, version, actor)
-    await lc._publish_route(model["id"])
+    await lc.publish_route(model["id"])
     return str(model["id"])
 
 
@@ -86,28 +86,28 @@ async def _place_again(
         "SELECT image IS NOT NULL FROM versions WHERE model_id = $1 AND number = $2", model["id"], version
     )
     stop_cmd = StopModel(model_id=model["id"], reason=f"restarting (by {actor})", actor=actor)
-    await lc._emit(conn, stop_cmd)
+    await lc.emit(conn, stop_cmd)
     if built:
         # The same image again: every instance gets a fresh working dir from it.
-        await lc._place(conn, model, version, stop_cmd)
-        await lc._set_state(conn, model, "starting")
+        await lc.place(conn, model, version, stop_cmd)
+        await lc.set_state(conn, model, "starting")
     else:
         # Never built yet: the build's success places it, as for a new model API.
-        await lc._set_state(conn, model, "building")
+        await lc.set_state(conn, model, "building")
 
 
 async def terminate(lc: Lifecycle, ref: str, actor: str, reason: str = "") -> str:
     async with lc.pool.acquire() as conn, conn.transaction():
         model = await store.resolve(conn, ref, lock=True)
         await _terminate(lc, conn, model, actor, reason or f"terminated by {actor}")
-    await lc._publish_route(model["id"])
+    await lc.publish_route(model["id"])
     return str(model["id"])
 
 
 async def _terminate(lc: Lifecycle, conn: asyncpg.Connection, model: asyncpg.Record, actor: str, reason: str) -> None:
-    await lc._emit(conn, StopModel(model_id=model["id"], reason=reason, purge=True, actor=actor))
+    await lc.emit(conn, StopModel(model_id=model["id"], reason=reason, purge=True, actor=actor))
     await conn.execute("UPDATE models SET queue_position = NULL WHERE id = $1", model["id"])
-    await lc._set_state(conn, model, "terminated", reason)
+    await lc.set_state(conn, model, "terminated", reason)
 
 
 async def purge_stopped(lc: Lifecycle, older_than_days: float) -> list[str]:
@@ -125,7 +125,7 @@ async def purge_stopped(lc: Lifecycle, older_than_days: float) -> list[str]:
                 continue
             days = f"{older_than_days:g}"
             await _terminate(lc, conn, model, "system", f"purged: stopped for more than {days} days")
-        await lc._publish_route(row["id"])
+        await lc.publish_route(row["id"])
         purged.append(model["name"])
         log.info("stopped model API purged", model_id=row["id"], name=model["name"])
     return purged

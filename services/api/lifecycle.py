@@ -75,16 +75,16 @@ class Lifecycle:
         async with self.pool.acquire() as conn:
             return await sources.resolve(conn, self.store, spec, self.settings.git_schemes)
 
-    async def _emit(self, conn: asyncpg.Connection, msg: Message) -> None:
+    async def emit(self, conn: asyncpg.Connection, msg: Message) -> None:
         await outbox.enqueue(conn, msg, CHANNEL)
 
-    async def _set_state(self, conn: asyncpg.Connection, model: asyncpg.Record, state: str, reason: str = "") -> None:
+    async def set_state(self, conn: asyncpg.Connection, model: asyncpg.Record, state: str, reason: str = "") -> None:
         if model["state"] == state and model["reason"] == reason:
             return
         await conn.execute(
             "UPDATE models SET state = $2, reason = $3, updated_at = now() WHERE id = $1", model["id"], state, reason
         )
-        await self._emit(conn, ModelStateChanged(model_id=model["id"], name=model["name"], state=state, reason=reason))
+        await self.emit(conn, ModelStateChanged(model_id=model["id"], name=model["name"], state=state, reason=reason))
 
     async def create_model(self, spec: CreateModel, actor: str) -> str:
         entrypoint = _entrypoint(spec)
@@ -117,7 +117,7 @@ class Lifecycle:
             await gpus.store_resources(conn, model_id, resources)
             await self._add_version(conn, model_id, 1, version_id, origin, entrypoint, actor)
             await model_settings.store_initial(conn, model_id, spec)
-        await self._publish_route(model_id)
+        await self.publish_route(model_id)
         return model_id
 
     async def create_version(self, ref: str, spec: CreateVersion, actor: str) -> int:
@@ -129,7 +129,7 @@ class Lifecycle:
                 raise Conflict(f"model API {model['name']!r} is {model['state']}: only terminate is accepted")
             number = await self.add_version(conn, model, origin, entrypoint, actor)
             if model["latest"] is None:
-                await self._set_state(conn, model, "building")
+                await self.set_state(conn, model, "building")
         return number
 
     async def add_version(
@@ -179,7 +179,7 @@ class Lifecycle:
             (env.name or None) if env else None,
             env.python if env else None,
         )
-        await self._emit(
+        await self.emit(
             conn,
             StartBuild(
                 model_id=model_id,
@@ -192,7 +192,7 @@ class Lifecycle:
             ),
         )
 
-    async def _publish_route(self, model_id: str) -> None:
+    async def publish_route(self, model_id: str) -> None:
         async with self.pool.acquire() as conn:
             await routing.publish(self.bus, conn, model_id)
 
@@ -209,7 +209,7 @@ class Lifecycle:
             if model is None:
                 return
             await self._apply(conn, model, event)
-        await self._publish_route(model_id)
+        await self.publish_route(model_id)
 
     async def _apply(self, conn: asyncpg.Connection, model: asyncpg.Record, event: AnyEvent) -> None:
         mid = model["id"]
@@ -231,7 +231,7 @@ class Lifecycle:
                     event.env_hash or None,
                 )
                 if model["target"] == v and model["state"] not in ("stopping", "stopped", "failed", "terminated"):
-                    await self._place(conn, model, v, event)
+                    await self.place(conn, model, v, event)
             case BuildFailed(version=v, reason=reason):
                 await self._version_failed(conn, model, v, f"build of version {v} failed: {reason}")
             case ModelPlaced(version=v):
@@ -242,12 +242,12 @@ class Lifecycle:
                 )
                 if model["state"] == "waiting":
                     await conn.execute("UPDATE models SET queue_position = NULL WHERE id = $1", mid)
-                    await self._set_state(conn, model, "starting")
+                    await self.set_state(conn, model, "starting")
             case ModelWaiting(version=v, position=position, reason=reason):
                 # Only the version being started waits visibly; a serving one keeps the model API running.
                 if model["target"] == v and model["state"] in ("building", "starting", "waiting"):
                     await conn.execute("UPDATE models SET queue_position = $2 WHERE id = $1", mid, position)
-                    await self._set_state(conn, model, "waiting", reason)
+                    await self.set_state(conn, model, "waiting", reason)
             case PlacementRejected(version=v, reason=reason):
                 await self._version_failed(conn, model, v, f"version {v} cannot be placed: {reason}")
             case UsageRecorded():
@@ -294,7 +294,7 @@ class Lifecycle:
                     "UPDATE instances SET state = 'ready', reason = '', updated_at = now() WHERE instance_id = $1", iid
                 )
                 await self._version_ready(conn, model, v)
-                await model_settings.advance(conn, mid, iid, self._emit)
+                await model_settings.advance(conn, mid, iid, self.emit)
             case InstanceUnhealthy(instance_id=iid, reason=reason):
                 await conn.execute(
                     "UPDATE instances SET state = 'unhealthy', reason = $2, updated_at = now() WHERE instance_id = $1",
@@ -312,27 +312,27 @@ class Lifecycle:
                 )
                 if reason.startswith("exited") and version_state in ("built", "starting"):
                     await self._version_failed(conn, model, v, f"version {v} did not start: {reason}")
-                    await self._emit(
+                    await self.emit(
                         conn, StopModel(id=event.derived_id("stop"), model_id=mid, version=v, reason=reason)
                     )
                 if not reason.startswith("restarting"):
                     # A settings rollout moves on when the instance it waits for is gone.
-                    await model_settings.advance(conn, mid, iid, self._emit)
+                    await model_settings.advance(conn, mid, iid, self.emit)
             case ModelFailed(instance_id=iid, reason=reason):
                 # Restarting more would only crash again: stop every instance and say why.
                 if model["state"] not in ("failed", "stopped", "terminated"):
-                    await self._set_state(conn, model, "failed", f"instance {iid} {reason}")
-                    await self._emit(conn, StopModel(id=event.derived_id("stop"), model_id=mid, reason=reason))
+                    await self.set_state(conn, model, "failed", f"instance {iid} {reason}")
+                    await self.emit(conn, StopModel(id=event.derived_id("stop"), model_id=mid, reason=reason))
             case ScheduleRunSucceeded() | ScheduleRunFailed():
                 await schedules.run_finished(self, conn, model, event)
             case ModelStopped(version=None):
                 if model["state"] == "stopping":
                     await conn.execute("UPDATE models SET stopped_at = now() WHERE id = $1", mid)
-                    await self._set_state(conn, model, "stopped")
+                    await self.set_state(conn, model, "stopped")
 
-    async def _place(self, conn: asyncpg.Connection, model: asyncpg.Record, version: int, cause: Message) -> None:
+    async def place(self, conn: asyncpg.Connection, model: asyncpg.Record, version: int, cause: Message) -> None:
         row = await conn.fetchrow("SELECT * FROM versions WHERE model_id = $1 AND number = $2", model["id"], version)
-        await self._emit(
+        await self.emit(
             conn,
             PlaceModel(
                 id=cause.derived_id("place"),
@@ -353,7 +353,7 @@ class Lifecycle:
             ),
         )
         if model["latest"] is None:
-            await self._set_state(conn, model, "starting")
+            await self.set_state(conn, model, "starting")
 
     async def _version_ready(self, conn: asyncpg.Connection, model: asyncpg.Record, version: int) -> None:
         """The first ready instance of the target version takes `latest`; the version it replaces stops."""
@@ -375,14 +375,14 @@ class Lifecycle:
                 await conn.execute(
                     "UPDATE versions SET state = 'retired' WHERE model_id = $1 AND number = $2", model["id"], old
                 )
-                await self._emit(
+                await self.emit(
                     conn,
                     StopModel(
                         id=events.new_id(), model_id=model["id"], version=old, reason=f"replaced by version {version}"
                     ),
                 )
         if model["state"] in ("starting", "building", "running", "waiting"):
-            await self._set_state(conn, model, "running")
+            await self.set_state(conn, model, "running")
 
     async def _version_failed(self, conn: asyncpg.Connection, model: asyncpg.Record, version: int, reason: str) -> None:
         await conn.execute(
@@ -394,7 +394,7 @@ class Lifecycle:
         if model["target"] != version:
             return
         if model["latest"] is None:
-            await self._set_state(conn, model, "failed", reason)
+            await self.set_state(conn, model, "failed", reason)
         else:
             # The serving version keeps serving; the failure is shown on the model API.
             await conn.execute(

@@ -212,7 +212,7 @@ class SettingsRoutes:
         lifecycle = self.ctx.lifecycle
         async with self.ctx.pool.acquire() as conn:
             async with conn.transaction():
-                model_id = await apply(conn, request.match_info["ref"], changes, lifecycle._emit)
+                model_id = await apply(conn, request.match_info["ref"], changes, lifecycle.emit)
             await routing.publish(self.ctx.bus, conn, model_id)
         return await self.show(request)
 
