@@ -34,6 +34,7 @@ from pier.events import (
 from pier.spec import Entrypoint
 from services.scheduler.__main__ import MIGRATIONS
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
+from services.scheduler.inventory import parse
 from services.scheduler.logship import LogShipper
 from services.scheduler.runtimes.local import LocalRuntime, stop_all
 from tests.support import until
@@ -147,16 +148,18 @@ def no_instance_left_behind(settings: Settings) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def scheduler_in_process(settings: Settings) -> AsyncIterator[Running]:
-    """The scheduler's parts, wired as __main__ wires them, in this test's loop."""
+async def scheduler_in_process(settings: Settings, gpus: str = "") -> AsyncIterator[Running]:
+    """The scheduler's parts, wired as __main__ wires them, in this test's loop; `gpus` declares
+    simulated GPUs as PIER_GPUS does."""
     async with bus.connect(settings, "test-scheduler") as b:
         watch = Watch()
         await watch.attach(b)
         pool = await db.create_pool(settings, "scheduler")
         try:
             await db.migrate(pool, MIGRATIONS)
-            controller = Controller(pool, b, LocalRuntime(settings))
+            controller = Controller(pool, b, LocalRuntime(settings), parse(gpus) if gpus else None)
             await controller.reconcile()
+            await controller.serve_plans()
             tasks = [
                 asyncio.create_task(outbox.Relay(pool, b, OUTBOX_CHANNEL).run()),
                 asyncio.create_task(

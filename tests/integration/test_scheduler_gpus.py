@@ -3,17 +3,15 @@ twice across a scheduler kill -9. Real NATS, PostgreSQL and instance processes."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from pier import bus, db, outbox
+from pier import bus
 from pier.config import Settings
 from pier.events import (
     GpuAsk,
@@ -22,15 +20,10 @@ from pier.events import (
     ModelWaiting,
     PlacementRejected,
     PlaceModel,
-    RestartInstance,
     StopModel,
     UsageRecorded,
 )
 from pier.spec import Entrypoint
-from services.scheduler.__main__ import MIGRATIONS
-from services.scheduler.controller import OUTBOX_CHANNEL, Controller
-from services.scheduler.inventory import parse
-from services.scheduler.runtimes.local import LocalRuntime
 from tests.integration.test_scheduler import (
     Running,
     Watch,
@@ -40,6 +33,7 @@ from tests.integration.test_scheduler import (
     invoke,
     make_image,
     no_instance_left_behind,
+    scheduler_in_process,
 )
 from tests.support import until
 
@@ -67,32 +61,8 @@ def gpu_place(image: str, model_id: str, count: int, instances: int = 1, gpu_typ
     )
 
 
-@contextlib.asynccontextmanager
-async def gpu_scheduler(settings: Settings, gpus: str) -> AsyncIterator[Running]:
-    async with bus.connect(settings, "test-scheduler") as b:
-        watch = Watch()
-        await watch.attach(b)
-        pool = await db.create_pool(settings, "scheduler")
-        try:
-            await db.migrate(pool, MIGRATIONS)
-            controller = Controller(pool, b, LocalRuntime(settings), parse(gpus))
-            await controller.reconcile()
-            await controller.serve_plans()
-            tasks = [
-                asyncio.create_task(outbox.Relay(pool, b, OUTBOX_CHANNEL).run()),
-                asyncio.create_task(
-                    b.consume([PlaceModel, StopModel, RestartInstance], controller.handle, durable="scheduler")
-                ),
-                asyncio.create_task(controller.watch()),
-            ]
-            try:
-                yield Running(b, controller, watch)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            await db.close_pool(pool)
+def gpu_scheduler(settings: Settings, gpus: str) -> contextlib.AbstractAsyncContextManager[Running]:
+    return scheduler_in_process(settings, gpus)
 
 
 def of_model(events: list[Any], model_id: str) -> list[Any]:
