@@ -90,7 +90,9 @@ async def deploy_to_first_200(platform: Platform, work: Path, label: str) -> flo
     client = Client(api_url=s.api_url, gateway_url=s.gateway_url, token=TOKEN)
     digest = client.upload_source(write_code(work / label, label))
     started = time.perf_counter()
-    client.create_model(name=label, source=digest, file="predict.py", function="predict", access="unrestricted")
+    client.create_model(
+        {"name": label, "source": digest, "file": "predict.py", "function": "predict", "access": "unrestricted"}
+    )
     deadline = started + 600
     while time.perf_counter() < deadline:
         try:

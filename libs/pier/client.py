@@ -33,6 +33,28 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {detail}")
 
 
+class Unreachable(ConnectionError):
+    """No answer from Pier at all: the connection was refused, timed out or dropped.
+
+    Raised for these alone, so that any other OSError a caller sees is a local one (a file)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        self.url = url
+        super().__init__(f"cannot reach Pier at {url} ({reason})")
+
+
+def _open(request: urllib.request.Request, timeout: float | None) -> Any:
+    """urlopen, with every failure to get an answer raised as Unreachable and HTTP errors as they are."""
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError:
+        raise
+    except urllib.error.URLError as exc:
+        raise Unreachable(request.full_url, exc.reason) from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise Unreachable(request.full_url, exc) from None
+
+
 def credentials_path() -> Path:
     return Path(os.environ.get("PIER_HOME", ".pier")) / "credentials.json"
 
@@ -75,8 +97,11 @@ class Client:
         all_headers = {"Content-Type": content_type, **(headers or {})}
         request = urllib.request.Request(url, data=body, method=method, headers=all_headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                raw = response.read()
+            with _open(request, timeout) as response:
+                try:
+                    raw = response.read()
+                except (ConnectionError, TimeoutError) as exc:  # dropped while the answer came
+                    raise Unreachable(url, exc) from None
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -117,11 +142,13 @@ class Client:
             raise
         return True
 
-    def create_model(self, **spec: Any) -> dict[str, Any]:
+    # The spec is one dict, never keyword arguments: its fields (`ref`, `name`, ...) must not
+    # collide with the client's own parameters, as `ref` (a git ref) once did with the model's.
+    def create_model(self, spec: dict[str, Any]) -> dict[str, Any]:
         return dict(self.api("POST", "/models", spec))
 
-    def create_version(self, ref: str, **spec: Any) -> int:
-        return int(self.api("POST", f"/models/{ref}/versions", spec)["number"])
+    def create_version(self, model: str, spec: dict[str, Any]) -> int:
+        return int(self.api("POST", f"/models/{model}/versions", spec)["number"])
 
     def wait(self, ref: str, version: int, timeout: float = 600.0, on_change: Any = None) -> dict[str, Any]:
         """Poll until `version` serves, fails, or the model API settles in another state."""
@@ -146,7 +173,7 @@ class Client:
 
     # ---- settings and logs -------------------------------------------------------------------
 
-    def change_settings(self, ref: str, **changes: Any) -> dict[str, Any]:
+    def change_settings(self, ref: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change the health-check policy or request timeout; the instances restart one at a time."""
         return dict(self.api("PATCH", f"/models/{ref}", changes))
 
@@ -166,7 +193,7 @@ class Client:
         auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         request = urllib.request.Request(f"{self.api_url}/v1/models/{ref}/logs?{params}", headers=auth)
         try:
-            response = urllib.request.urlopen(request, timeout=timeout)
+            response = _open(request, timeout)
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, json.loads(exc.read() or b"{}")) from None
         with response:

@@ -36,19 +36,29 @@ class Route(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Entrypoint(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The code an instance serves: the `model` endpoint's function, optional routes and health."""
+    """The code an instance serves: the Domino `/model` endpoint's file and function, routes, or
+    both (proxiML's endpoints have routes only), and an optional health function in `file`."""
 
-    file: str
-    function: str
+    file: str | None = None
+    function: str | None = None
     routes: list[Route] = msgspec.field(default_factory=list)
     health_function: str | None = None
 
+    def model_function(self) -> tuple[str, str] | None:
+        """The (file, function) `/model` calls, or None when only routes are served."""
+        return (self.file, self.function) if self.file and self.function else None
+
+    def files(self) -> list[str]:
+        """Every entry file, the `/model` one first: what an instance imports at start."""
+        return list(dict.fromkeys(file for file, _ in self.functions()))
+
     def functions(self) -> list[tuple[str, str]]:
         """Every (file, function) pair an instance must be able to call."""
-        pairs = [(self.file, self.function)]
+        model = self.model_function()
+        pairs = [model] if model else []
         pairs += [(r.file, r.function) for r in self.routes]
-        if self.health_function:
-            pairs.append((self.file, self.health_function))
+        if model and self.health_function:
+            pairs.append((model[0], self.health_function))
         return list(dict.fromkeys(pairs))
 
 
@@ -72,7 +82,15 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 def check_entrypoint(ep: Entrypoint) -> None:
     errors: list[tuple[str, str]] = []
-    if not _FILE_RE.match(ep.file) or ep.file.startswith("/") or ".." in ep.file.split("/"):
+    if ep.file is None and ep.function is None:
+        if not ep.routes:
+            errors.append(("file", "give `file` and `function` (the /model endpoint), or `routes`, or both"))
+        if ep.health_function is not None:
+            errors.append(("health_function", "needs `file` and `function`: it is looked up in `file`"))
+    elif ep.file is None or ep.function is None:
+        missing = "file" if ep.file is None else "function"
+        errors.append((missing, f"`file` and `function` go together (the /model endpoint): {missing} is missing"))
+    if ep.file is not None and (not _FILE_RE.match(ep.file) or ep.file.startswith("/") or ".." in ep.file.split("/")):
         errors.append(("file", f"{ep.file!r} is not a relative path to a .py file"))
     for name, value in (("function", ep.function), ("health_function", ep.health_function)):
         if value is not None and not _IDENT_RE.match(value):

@@ -27,8 +27,9 @@ class CodeSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     git_credential: str | None = None  # the name of a registered credential
     environment: str | None = None  # a compute environment (`GET /v1/environments`)
     python_version: str | None = None  # e.g. "3.11"
-    file: str
-    function: str
+    # The Domino `/model` endpoint's entry; left out when `routes` are all it serves.
+    file: str | None = None
+    function: str | None = None
     routes: list[Route] = msgspec.field(default_factory=list)
     health_function: str | None = None
 

@@ -42,7 +42,7 @@ except LoadError as exc:
 except BaseException as exc:
     traceback.print_exc()
     frames = [files.get(str(Path(f.filename).resolve())) for f in traceback.extract_tb(exc.__traceback__)]
-    failed = [f for f in frames if f] or [entrypoint.file]
+    failed = [f for f in frames if f] or entrypoint.files()[:1]
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     print("{REASON_PREFIX}import of " + failed[-1] + " failed: " + last, flush=True)
     sys.exit(3)
@@ -155,10 +155,10 @@ async def import_problem(
     try:
         finished = await run(args, forward, timeout=timeout, cwd=code_dir, env=env)
     except ProcessTimeout:
-        return f"import of {entrypoint.file} took longer than {timeout:g} s"
+        return f"import of {entrypoint.files()[0]} took longer than {timeout:g} s"
     if finished.returncode == 0:
         return None
     reasons = [line.removeprefix(REASON_PREFIX) for line in finished.lines if line.startswith(REASON_PREFIX)]
     if reasons:
         return reasons[-1]
-    return f"import of {entrypoint.file} failed: the process exited with code {finished.returncode}"
+    return f"import of {entrypoint.files()[0]} failed: the process exited with code {finished.returncode}"

@@ -165,7 +165,7 @@ class Builder:
             env = await self.environments.ensure(env_hash, requirements_file, say, cmd.environment)
             runtime = work / "runtime"
             await asyncio.to_thread(images.copy_runtime, runtime)
-            await say(f"checking that {cmd.entrypoint.file} imports")
+            await say(f"checking that {', '.join(cmd.entrypoint.files())} imports")
             problem = await checks.import_problem(
                 env.python, runtime, code, cmd.entrypoint, self.settings.build_import_timeout, say
             )

@@ -204,6 +204,7 @@ class Gateway:
         if path == "/model":
             if request.method != "POST":
                 raise GatewayError(405, "MethodNotAllowed", "/model answers POST")
+            _check_model_endpoint(record, version)
             return await self._forward(request, request_id, record, label, version, "/model", "", request.body)
         route = _find_route(record, version, request.method, path)
         if route.verb == "GET":
@@ -349,6 +350,17 @@ def _no_ready(record: RouteRecord, version: int) -> GatewayError:
         "Unavailable",
         f"no instance of {record.name!r} version {version} is ready; retry shortly",
         retry_after=1,
+    )
+
+
+def _check_model_endpoint(record: RouteRecord, version: int) -> None:
+    """A routes-only version (no `file`/`function`) has no /model: say which routes it has instead."""
+    entry = record.versions.get(str(version))
+    if entry is None or entry.entrypoint.model_function():
+        return
+    routes = ", ".join(f"{r.verb} {r.path}" for r in entry.entrypoint.routes)
+    raise GatewayError(
+        404, "NotFound", f"model API {record.name!r} version {version} has no /model endpoint, only routes: {routes}"
     )
 
 

@@ -80,7 +80,9 @@ async def test_deploy_of_broken_code_fails_with_the_reason(platform: Platform, t
 async def test_kill_9_of_a_service_during_a_deploy_loses_nothing(platform: Platform, tmp_path, victim: str) -> None:  # type: ignore[no-untyped-def]
     client = _client(platform)
     digest = client.upload_source(EXAMPLES / "hello")
-    client.create_model(name="sturdy", source=digest, file="predict.py", function="predict", access="unrestricted")
+    client.create_model(
+        {"name": "sturdy", "source": digest, "file": "predict.py", "function": "predict", "access": "unrestricted"}
+    )
     service = platform.services[victim]
     assert service.proc is not None
     os.kill(service.proc.pid, signal.SIGKILL)
@@ -102,7 +104,9 @@ async def test_model_apis_that_were_running_run_again_after_a_platform_restart(p
     """What a second `make up` does: every service and instance stopped, then started on the same data."""
     client = _client(platform)
     digest = client.upload_source(EXAMPLES / "hello")
-    client.create_model(name="durable", source=digest, file="predict.py", function="predict", access="unrestricted")
+    client.create_model(
+        {"name": "durable", "source": digest, "file": "predict.py", "function": "predict", "access": "unrestricted"}
+    )
     client.wait("durable", 1, timeout=120)
     platform.stop()
     assert stop_all(platform.settings.home) == 0  # nothing was left running

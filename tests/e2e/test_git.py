@@ -59,7 +59,7 @@ async def test_deploy_from_a_git_tag_records_the_commit_and_a_later_push_needs_a
 
     client = _client(platform)
     # Created through the API to make it unrestricted; `pier deploy --git` makes version 2 below.
-    client.create_model(name="fromgit", git=url, ref="v1", access="unrestricted", **ENTRY)
+    client.create_model({"name": "fromgit", "git": url, "ref": "v1", "access": "unrestricted", **ENTRY})
     assert client.wait("fromgit", 1, timeout=180)["state"] == "running"
     assert client.call("fromgit", data={})["result"] == 1
     shown = json.loads(pier(platform, "show", "fromgit", "--json").stdout)
@@ -84,7 +84,9 @@ async def test_a_ref_that_does_not_exist_fails_the_version_with_gits_message(
 ) -> None:
     repo = _repo(tmp_path, 1)
     client = _client(platform)
-    client.create_model(name="badref", git=f"file://{repo}", ref="no-such-tag", access="unrestricted", **ENTRY)
+    client.create_model(
+        {"name": "badref", "git": f"file://{repo}", "ref": "no-such-tag", "access": "unrestricted", **ENTRY}
+    )
     model = client.wait("badref", 1, timeout=120)
     assert model["state"] == "failed"
     assert "no-such-tag" in model["reason"] and "git: fatal:" in model["reason"]
@@ -94,15 +96,17 @@ async def test_refused_schemes_and_dash_refs_are_400s_naming_the_field(platform:
     client = _client(platform)
     base = {**ENTRY, "access": "unrestricted"}
     with pytest.raises(ApiError) as refused:
-        client.create_model(name="ftp", git="ftp://example.com/r.git", **base)
+        client.create_model({"name": "ftp", "git": "ftp://example.com/r.git", **base})
     assert refused.value.status == 400
     assert refused.value.problem["errors"][0]["field"] == "git"
     assert "https, ssh, file" in refused.value.problem["detail"]
     with pytest.raises(ApiError) as dashed:
-        client.create_model(name="dash", git=f"file://{tmp_path}", ref="--upload-pack=touch /tmp/pwned", **base)
+        client.create_model(
+            {"name": "dash", "git": f"file://{tmp_path}", "ref": "--upload-pack=touch /tmp/pwned", **base}
+        )
     assert dashed.value.status == 400 and dashed.value.problem["errors"][0]["field"] == "ref"
     with pytest.raises(ApiError) as both:
-        client.create_model(name="both", git=f"file://{tmp_path}", source="abc", **base)
+        client.create_model({"name": "both", "git": f"file://{tmp_path}", "source": "abc", **base})
     assert both.value.status == 400
 
 
@@ -114,7 +118,7 @@ async def test_a_named_source_deploys_to_two_model_apis(platform: Platform, tmp_
     assert pushed.returncode == 0, pushed.stderr
     client = _client(platform)
     for name in ("first", "second"):
-        client.create_model(name=name, source_name="shared", access="unrestricted", **ENTRY)
+        client.create_model({"name": name, "source_name": "shared", "access": "unrestricted", **ENTRY})
         assert client.wait(name, 1, timeout=180)["state"] == "running"
         assert client.call(name, data={})["result"] == "shared"
     # And through the CLI, as a new version of one of them.
@@ -149,6 +153,6 @@ async def test_files_a_modelignore_excludes_are_not_in_the_instances_working_dir
     (code / "keep.txt").write_text("shipped")
     (code / ".modelignore").write_text("data/\n*.secret\n")
     client = _client(platform)
-    client.create_model(name="ignoring", source=client.upload_source(code), access="unrestricted", **ENTRY)
+    client.create_model({"name": "ignoring", "source": client.upload_source(code), "access": "unrestricted", **ENTRY})
     assert client.wait("ignoring", 1, timeout=180)["state"] == "running"
     assert client.call("ignoring", data={})["result"] == [".modelignore", "keep.txt", "predict.py"]

@@ -137,11 +137,11 @@ async def test_repeated_crashes_end_in_failed_with_the_reason(platform: Platform
     code, _, crash = _code(tmp_path)
     client = _client(platform)
     digest = client.upload_source(code)
-    client.create_model(
+    client.create_model(dict(
         name="crashy", source=digest, file="predict.py", function="predict", health_function="health",
         access="unrestricted", instances=1, period=0.5, timeout=0.5, failure_threshold=2, request_timeout=0.5,
         max_restarts=2, restart_backoff=0.2, restart_backoff_max=0.4,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert client.wait("crashy", 1, timeout=120)["state"] == "running"
 
     # From now on every run exits in its import; the running one is ended by a call.

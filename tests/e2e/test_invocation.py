@@ -72,7 +72,7 @@ async def _deploy_all(client: Client, specs: dict[str, dict[str, Any]]) -> dict[
         spec.setdefault("instances", 1)  # one instance: a test can tell where each call ran
         spec.setdefault("file", "predict.py")
         spec.setdefault("function", "predict")
-        await asyncio.to_thread(client.create_model, name=name, source=digest, **spec)
+        await asyncio.to_thread(client.create_model, {"name": name, "source": digest, **spec})
     models = {}
     for name in specs:
         model = await asyncio.to_thread(client.wait, name, 1, 180)

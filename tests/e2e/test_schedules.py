@@ -32,7 +32,9 @@ async def test_a_run_deploys_a_new_version_and_a_failing_run_leaves_the_old_one_
     (code / "train.py").write_text(TRAIN)
     (code / "weights.txt").write_text("1")
     digest = client.upload_source(code)
-    client.create_model(name="trained", source=digest, file="predict.py", function="predict", access="unrestricted")
+    client.create_model(
+        {"name": "trained", "source": digest, "file": "predict.py", "function": "predict", "access": "unrestricted"}
+    )
     assert client.wait("trained", 1, timeout=180)["state"] == "running"
 
     made = pier(platform, "schedules", "create", "trained", "--cron", "0 3 * * *", "--command", "python train.py")
@@ -52,7 +54,9 @@ async def test_a_run_deploys_a_new_version_and_a_failing_run_leaves_the_old_one_
 
     # The next run starts from version 2's files; make it fail.
     (code / "fail").write_text("")
-    client.create_version("trained", source=client.upload_source(code), file="predict.py", function="predict")
+    client.create_version(
+        "trained", {"source": client.upload_source(code), "file": "predict.py", "function": "predict"}
+    )
     assert client.wait("trained", 3, timeout=180)["latest"] == 3
     assert pier(platform, "schedules", "run", "trained", schedule["id"]).returncode == 0
     failed = await until(lambda: [r for r in runs() if r["state"] == "failed"], within=120)

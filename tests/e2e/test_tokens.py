@@ -54,7 +54,7 @@ async def test_token_lifecycle_from_create_to_revoke(platform: Platform) -> None
 async def test_settings_change_makes_a_model_api_unrestricted(platform: Platform) -> None:
     assert pier(platform, "deploy", str(EXAMPLES / "hello"), "--name", "opened").returncode == 0
     client = _client(platform)
-    client.change_settings("opened", access="unrestricted")
+    client.change_settings("opened", {"access": "unrestricted"})
 
     def open_now() -> bool:
         try:

@@ -129,3 +129,17 @@ async def test_openapi_document_lists_the_model_routes(api: tuple[aiohttp.Client
 
 def test_example_exists() -> None:
     assert (Path(__file__).parents[2] / "examples" / "hello" / "predict.py").exists()
+
+
+async def test_routes_alone_make_a_model_api_and_nothing_at_all_is_400(
+    api: tuple[aiohttp.ClientSession, Settings],
+) -> None:
+    session, settings = api
+    routes = [{"path": "/classify", "file": "text.py", "function": "classify"}]
+    async with session.post("/v1/models", json={"name": "routed", "source": _source(settings), "routes": routes}) as r:
+        assert r.status == 201, await r.text()
+        version = (await r.json())["versions"][0]
+    assert version["entrypoint"] == {"routes": [{"path": "/classify", "file": "text.py", "function": "classify"}]}
+    async with session.post("/v1/models", json={"name": "empty", "source": _source(settings)}) as r:
+        assert r.status == 400
+        assert (await r.json())["errors"][0]["field"] == "file"

@@ -412,3 +412,21 @@ async def test_service_serves_ping_and_answers_health_requests(settings: Setting
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_model_endpoint_of_a_routes_only_version_is_404_naming_its_routes(env: Env) -> None:
+    routes = [
+        Route(path="/classify", file="text.py", function="classify"),
+        Route(path="/stats", verb="GET", file="text.py", function="stats"),
+    ]
+    record = RouteRecord(
+        model_id=uuid.uuid4().hex,
+        name="routed",
+        latest=1,
+        versions={"1": VersionRoute(number=1, id="v1-id", entrypoint=Entrypoint(routes=routes))},
+    )
+    await env.put_route(record)
+    # No instance at all: the answer comes from the route record, not from a 503 "none ready".
+    status, body, _ = await env.call("POST", "/models/routed/latest/model", json={"data": {}})
+    assert status == 404 and body["error"]["type"] == "NotFound"
+    assert "POST /classify" in body["error"]["message"] and "GET /stats" in body["error"]["message"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
+import pier
 from pier.spec import Entrypoint, Route
-from services.builder.checks import module_names, static_problem
+from services.builder.checks import import_problem, module_names, static_problem
 
 
 def _names(source: str) -> set[str] | None:
@@ -83,3 +85,17 @@ def test_static_problem_refuses_an_entry_file_outside_the_code(tmp_path: Path) -
 def test_a_complete_entrypoint_has_no_problem(tmp_path: Path) -> None:
     code = _code(tmp_path, {"predict.py": "def predict(): pass\ndef healthy(): return True\n"})
     assert static_problem(code, Entrypoint(file="predict.py", function="predict", health_function="healthy")) is None
+
+
+async def test_a_routes_only_entrypoint_passes_both_checks_without_a_predict_py(tmp_path: Path) -> None:
+    code = _code(tmp_path / "code", {"text.py": "def classify(text): return text\n"})
+    entrypoint = Entrypoint(routes=[Route(path="/classify", file="text.py", function="classify")])
+    assert static_problem(code, entrypoint) is None
+    lines: list[str] = []
+
+    async def collect(line: str) -> None:
+        lines.append(line)
+
+    # The import check as the builder runs it, with this interpreter standing in for the environment's.
+    runtime = Path(pier.__file__).parents[1]
+    assert await import_problem(Path(sys.executable), runtime, code, entrypoint, 60.0, collect) is None, lines

@@ -323,3 +323,13 @@ async def test_malformed_http_unknown_paths_and_verbs_get_json_errors(harness_po
         harness_port, b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\nGET /model HTTP/1.1\r\nHost: x\r\n\r\n", 2
     )
     assert (missing, wrong_verb) == (404, 405)
+
+
+async def test_a_routes_only_entrypoint_serves_its_routes_and_has_no_model_endpoint(
+    serve: Callable[..., Any],
+) -> None:
+    route = Route(path="/imports", verb="GET", file="other.py", function="imports")
+    client = await serve(Entrypoint(routes=[route]))
+    assert (await (await client.get("/imports")).json())["result"] == 1
+    assert (await client.post("/model", json={"data": {}})).status == 404
+    assert (await client.get("/health")).status == 200

@@ -128,3 +128,26 @@ def test_functions_lists_each_file_and_function_once() -> None:
         health_function="ok",
     )
     assert ep.functions() == [("predict.py", "predict"), ("t.py", "g"), ("predict.py", "ok")]
+
+
+def test_routes_alone_are_an_entrypoint_with_no_model_endpoint() -> None:
+    ep = Entrypoint(routes=[Route(path="/a", file="a.py", function="f"), Route(path="/b", file="b.py", function="g")])
+    check_entrypoint(ep)
+    assert ep.model_function() is None
+    assert ep.functions() == [("a.py", "f"), ("b.py", "g")]
+    assert ep.files() == ["a.py", "b.py"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({}, "file"),
+        ({"file": "predict.py"}, "function"),
+        ({"function": "predict", "routes": [Route(path="/a", file="a.py", function="f")]}, "file"),
+        ({"health_function": "ok", "routes": [Route(path="/a", file="a.py", function="f")]}, "health_function"),
+    ],
+)
+def test_an_entrypoint_needs_file_and_function_together_or_routes(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        check_entrypoint(Entrypoint(**fields))
+    assert [f for f, _ in caught.value.errors] == [field]

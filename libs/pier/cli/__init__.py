@@ -6,7 +6,10 @@ import argparse
 import sys
 
 from pier.cli import control, deploy, environments, logs, models, schedules, settings, sources, tokens
-from pier.client import ApiError, Client
+from pier.cli.usage import UsageError
+from pier.client import ApiError, Client, Unreachable, credentials_path
+
+USAGE = 2  # as argparse exits for a bad flag
 
 COMMANDS = [deploy, models, sources, environments, schedules, logs, settings, tokens, control]
 
@@ -21,15 +24,22 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    client = Client()
     try:
+        try:
+            client = Client()
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"credentials file {credentials_path()}: cannot be read: {exc}") from None
         code = args.func(client, args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = USAGE
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         for item in exc.problem.get("errors", []):
             print(f"  {item['field']}: {item['problem']}", file=sys.stderr)
         code = 1
-    except (ConnectionError, OSError) as exc:
-        print(f"error: cannot reach Pier at {client.api_url} ({exc}); is `make up` running?", file=sys.stderr)
+    except Unreachable as exc:
+        # Only a call that got no answer lands here; local files are UsageErrors above.
+        print(f"error: {exc}; is `make up` running?", file=sys.stderr)
         code = 1
     sys.exit(code)

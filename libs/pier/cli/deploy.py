@@ -8,18 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pier.client import Client
-
-
-def _load_routes(path: str | None) -> list[dict[str, Any]]:
-    if not path:
-        return []
-    import yaml
-
-    document = yaml.safe_load(Path(path).read_text())
-    if not isinstance(document, dict) or not isinstance(document.get("routes"), list):
-        raise SystemExit(f"{path}: expected a YAML document whose top-level key `routes` holds a list")
-    return list(document["routes"])
+from pier.cli import usage
+from pier.cli.usage import UsageError
+from pier.client import Client, Unreachable
 
 
 def _example_curl(client: Client, model: dict[str, Any]) -> str:
@@ -28,21 +19,29 @@ def _example_curl(client: Client, model: dict[str, Any]) -> str:
     return f"curl -s -X POST {shlex.quote(url)}{auth} -H 'Content-Type: application/json' -d '{{\"data\": {{}}}}'"
 
 
+# With neither routes nor --file, the Domino /model endpoint serves predict() of predict.py.
+DEFAULT_FILE, DEFAULT_FUNCTION = "predict.py", "predict"
+ROUTES_FILE = "routes.yaml"  # a folder's routes, used when --routes is not given
+
+
 def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
-    code: dict[str, Any] = {"file": args.file, "function": args.function, "routes": _load_routes(args.routes)}
     origins = [o for o in (args.path, args.git, args.source) if o]
     if len(origins) != 1:
-        raise SystemExit("give exactly one of: a folder (PATH), --git URL, --source NAME")
+        raise UsageError("give exactly one of: a folder (PATH), --git URL, --source NAME")
+    folder = usage.folder(args.path) if args.path else None
+    routes_file = args.routes
+    if routes_file is None and folder is not None and (folder / ROUTES_FILE).is_file():
+        routes_file = folder / ROUTES_FILE
+        print(f"using the routes in {routes_file} (give --routes to choose another file)", flush=True)
+    routes = usage.load_routes(routes_file) if routes_file is not None else []
+    code: dict[str, Any] = {"routes": routes, **_entry(args, routes)}
     if args.git:
         code.update(git=args.git, ref=args.ref, git_credential=args.git_credential)
     elif args.source:
         code["source_name"] = args.source
-    else:
-        path = Path(args.path)
-        if not path.is_dir():
-            raise SystemExit(f"{path} is not a directory")
-        print(f"packing {path} ...", flush=True)
-        code["source"] = client.upload_source(path)
+    elif folder is not None:
+        print(f"packing {folder} ...", flush=True)
+        code["source"] = upload(client, folder)
     if args.environment:
         code["environment"] = args.environment
     if args.python_version:
@@ -56,8 +55,8 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
         if args.routing_mode:
             gateway["routing_mode"] = args.routing_mode
         if health or gateway:
-            client.change_settings(args.name, **health, **gateway)
-        version = client.create_version(args.name, **code)
+            client.change_settings(args.name, {**health, **gateway})
+        version = client.create_version(args.name, code)
         print(f"{args.name}: building version {version}", flush=True)
     else:
         spec = {**code, **health, "name": args.name, **resource_spec(args)}
@@ -66,7 +65,7 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
             spec["workers"] = args.workers
         spec["access"] = "unrestricted" if args.unrestricted else "restricted"
         spec["routing_mode"] = args.routing_mode or "basic"
-        client.create_model(**spec)
+        client.create_model(spec)
         version = 1
         print(f"{args.name}: created; building version 1", flush=True)
 
@@ -87,11 +86,32 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
         print(f"{args.name} is {model['state']}: {model['reason']}")
         return 0
     print(f"{args.name} version {version} is serving")
-    print(f"  URL:  {client.gateway_url}/models/{model['name']}/latest/model")
-    print(f"  try:  {_example_curl(client, model)}")
+    base = f"{client.gateway_url}/models/{model['name']}/latest"
+    if "file" in code:
+        print(f"  URL:  {base}/model")
+        print(f"  try:  {_example_curl(client, model)}")
+    for route in routes:
+        print(f"  route: {route.get('verb', 'POST')} {base}{route['path']}")
     if model.get("access") == "restricted":
         print(f"  it is restricted: create a token with `pier tokens create {model['name']} --name LABEL`")
     return 0
+
+
+def _entry(args: argparse.Namespace, routes: list[dict[str, Any]]) -> dict[str, str]:
+    """The /model endpoint's file and function: defaulted, unless routes are all the code serves."""
+    if routes and args.file is None and args.function is None:
+        return {}
+    return {"file": args.file or DEFAULT_FILE, "function": args.function or DEFAULT_FUNCTION}
+
+
+def upload(client: Client, folder: Path, name: str | None = None) -> str:
+    """Upload a folder as a source; a file in it that cannot be read is the user's to fix, not Pier's."""
+    try:
+        return client.upload_source(folder, name=name)
+    except Unreachable:
+        raise
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot pack {exc.filename or ''}: {exc.strerror or exc}") from None
 
 
 def add_resource_flags(p: Any) -> None:
@@ -130,9 +150,18 @@ def register(sub: Any) -> None:
     d.add_argument("--environment", help="a compute environment (`pier environments`)")
     d.add_argument("--python-version", help="the Python version of the environment, e.g. 3.11")
     d.add_argument("--name", required=True)
-    d.add_argument("--file", default="predict.py", help="the entry file (default predict.py)")
-    d.add_argument("--function", default="predict", help="the function to serve (default predict)")
-    d.add_argument("--routes", help="a YAML file whose top-level key `routes` lists the routes")
+    d.add_argument(
+        "--file",
+        help=f"the entry file of the /model endpoint (default {DEFAULT_FILE}; none when routes are given without it)",
+    )
+    d.add_argument(
+        "--function",
+        help=f"the function /model serves (default {DEFAULT_FUNCTION}; none when routes are given without it)",
+    )
+    d.add_argument(
+        "--routes",
+        help=f"a YAML file whose top-level key `routes` lists the routes (default: PATH/{ROUTES_FILE} if there is one)",
+    )
     d.add_argument("--health-function")
     d.add_argument("--workers", type=int)
     add_resource_flags(d)

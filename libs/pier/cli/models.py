@@ -6,12 +6,13 @@ import argparse
 import json
 from typing import Any
 
+from pier.cli import usage
 from pier.client import Client
 
 
 def cmd_call(client: Client, args: argparse.Namespace) -> int:
-    data = json.loads(args.data) if args.data else None
-    parameters = json.loads(args.parameters) if args.parameters else None
+    data = usage.json_value(args.data, "--data", dict) if args.data else None
+    parameters = usage.json_value(args.parameters, "--parameters", list) if args.parameters else None
     if data is None and parameters is None:
         data = {}
     answer = client.call(args.name, data=data, parameters=parameters, label=args.label, token=args.token)

@@ -12,7 +12,7 @@ from pier.client import Client
 
 def cmd_settings(client: Client, args: argparse.Namespace) -> int:
     changes = {f: getattr(args, f) for f in HEALTH_FLAGS if getattr(args, f) is not None}
-    current = client.change_settings(args.name, **changes) if changes else client.settings(args.name)
+    current = client.change_settings(args.name, changes) if changes else client.settings(args.name)
     if args.json:
         print(json.dumps(current, indent=2))
         return 0

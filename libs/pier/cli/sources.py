@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
+from pier.cli import usage
+from pier.cli.deploy import upload
 from pier.client import Client
 
 
 def cmd_push(client: Client, args: argparse.Namespace) -> int:
-    path = Path(args.path)
-    if not path.is_dir():
-        raise SystemExit(f"{path} is not a directory")
-    digest = client.upload_source(path, name=args.name)
+    digest = upload(client, usage.folder(args.path), name=args.name)
     print(f"{args.name}: {digest}")
     return 0
 
@@ -32,7 +30,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_credential_add(client: Client, args: argparse.Namespace) -> int:
     # Read from a file or stdin, never from the command line, where `ps` and shell history keep it.
-    secret = Path(args.from_file).read_text() if args.from_file else sys.stdin.read()
+    secret = usage.read_text(args.from_file, "--from-file") if args.from_file else sys.stdin.read()
     body: dict[str, Any] = {"name": args.name}
     if args.ssh_key:
         body["ssh_key"] = secret

@@ -181,8 +181,10 @@ class Harness:
         self.routes: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {
             "/ping": {"GET": self.ping},
             "/health": {"GET": self.health},
-            "/model": {"POST": self.model},
         }
+        self.model_function = entrypoint.model_function()
+        if self.model_function:  # a routes-only entrypoint has no /model endpoint
+            self.routes["/model"] = {"POST": self.model}
         for route in entrypoint.routes:
             self.routes.setdefault(route.path, {})[route.verb] = self.route_handler(route)
         self.max_body = 0  # set by `serve_harness`
@@ -275,7 +277,8 @@ class Harness:
     async def model(self, request: Request) -> Response:
         async def call(request_id: str) -> bytes:
             args, kwargs = domino_arguments(_json_body(request))
-            return await self.invoke(request_id, self.entrypoint.file, self.entrypoint.function, args, kwargs)
+            assert self.model_function  # routed here only when there is one
+            return await self.invoke(request_id, *self.model_function, args, kwargs)
 
         return await self.respond(request, call)
 
@@ -310,7 +313,8 @@ class Harness:
         name = self.entrypoint.health_function
         if name is None:
             return Response(200, b'{"healthy":true}')
-        func = self.functions.get(self.entrypoint.file, name)
+        assert self.model_function  # the spec check allows a health function only beside it
+        func = self.functions.get(self.model_function[0], name)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
@@ -449,7 +453,7 @@ def main() -> None:
     entrypoint = msgspec.json.decode(env["PIER_ENTRYPOINT"], type=Entrypoint)
     os.chdir(code_dir)
     os.environ["PIER_WORKING_DIR"] = str(code_dir)  # the user's code may rely on it, as on the cwd
-    print(f"harness: loading {entrypoint.file} in {code_dir}", flush=True)
+    print(f"harness: loading {', '.join(entrypoint.files())} in {code_dir}", flush=True)
     try:
         _functions = Functions(code_dir, entrypoint)
     except LoadError as exc:

@@ -1,0 +1,69 @@
+"""Problems with what the user gave the CLI (a file, a folder, a flag's value), found before or
+without any call to Pier: reported as `error: ...` naming the file or flag, exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from pier.spec import Route
+
+
+class UsageError(Exception):
+    """Bad input to the CLI; the message names the file or flag and what is wrong with it."""
+
+
+def folder(path: str) -> Path:
+    found = Path(path)
+    if not found.exists():
+        raise UsageError(f"{path}: no such folder")
+    if not found.is_dir():
+        raise UsageError(f"{path}: is not a folder")
+    return found
+
+
+def read_text(path: str | Path, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path}: is a folder, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} {path}: is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def load_routes(path: str | Path) -> list[dict[str, Any]]:
+    """The `routes` list of a routes.yaml, checked for shape here so a typo names the file and the route."""
+    import yaml  # only deploys with routes pay for the import
+
+    text = read_text(path, "routes file")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"routes file {path}: is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("routes"), list):
+        raise UsageError(f"routes file {path}: expected a YAML document whose top-level key `routes` holds a list")
+    routes = document["routes"]
+    try:
+        msgspec.convert(routes, list[Route])
+    except msgspec.ValidationError as exc:
+        # msgspec says "... - at `$[0]`": point at the YAML key instead.
+        raise UsageError(f"routes file {path}: {str(exc).replace('`$', '`routes')}") from None
+    return list(routes)
+
+
+def json_value(text: str, flag: str, kind: type[dict[str, Any]] | type[list[Any]]) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        expected = "an object, e.g. '{\"x\": 1}'" if kind is dict else "an array, e.g. '[1, 2]'"
+        raise UsageError(f"{flag}: expected a JSON {expected}")
+    return value
