@@ -269,9 +269,10 @@ async def test_call_errors_answer_with_their_status_and_the_instance_keeps_servi
 
 async def test_routes_check_templates_at_the_gateway_and_pass_arguments(platform: Platform) -> None:
     routes = EXAMPLES / "routes"
+    # Routes and, with --file, the Domino /model endpoint beside them.
     done = pier(
         platform, "deploy", str(routes), "--name", "routes", "--routes", str(routes / "routes.yaml"), "--unrestricted",
-        "--instances", "1",
+        "--instances", "1", "--file", "predict.py",
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     client = _client(platform)

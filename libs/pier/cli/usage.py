@@ -64,6 +64,6 @@ def json_value(text: str, flag: str, kind: type[dict[str, Any]] | type[list[Any]
     except ValueError as exc:
         raise UsageError(f"{flag}: is not valid JSON: {exc}") from None
     if not isinstance(value, kind):
-        expected = "an object, e.g. '{\"x\": 1}'" if kind is dict else "an array, e.g. '[1, 2]'"
+        expected = "object, e.g. '{\"x\": 1}'" if kind is dict else "array, e.g. '[1, 2]'"
         raise UsageError(f"{flag}: expected a JSON {expected}")
     return value
