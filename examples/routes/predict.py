@@ -1,9 +1,11 @@
 """Routes with typed parameter templates, proxiML style: see routes.yaml.
 
-Deploy it with its routes (platform started with `make up`, from the repository root):
+Deploy it (platform started with `make up`, from the repository root); the folder's routes.yaml is
+used, and with no --file only its routes are served, as proxiML's endpoints are:
 
-    .venv/bin/pier deploy examples/routes --name routes --file predict.py --function predict \
-        --routes examples/routes/routes.yaml
+    .venv/bin/pier deploy examples/routes --name routes --unrestricted
+
+(Add `--file predict.py` to serve the Domino-style /model endpoint beside the routes.)
 
 Call each route; the gateway checks the body (the query string for GET) against the template first:
 
@@ -21,6 +23,6 @@ MODEL = {"loaded_at": time.time(), "calls": 0}
 
 
 def predict(x: float, y: float = 0.0) -> dict[str, float]:
-    """Keyword route POST /predict (also the Domino-style /model endpoint)."""
+    """Keyword route POST /predict (and the Domino-style /model endpoint, when deployed with --file)."""
     MODEL["calls"] += 1
     return {"value": 2 * x + y}
