@@ -198,13 +198,16 @@ class Client:
             raise ApiError(exc.code, json.loads(exc.read() or b"{}")) from None
         with response:
             data: list[str] = []
-            for raw in response:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("data:"):
-                    data.append(line[5:].lstrip())
-                elif not line and data:
-                    yield json.loads("\n".join(data))
-                    data = []
+            try:
+                for raw in response:
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+                    elif not line and data:
+                        yield json.loads("\n".join(data))
+                        data = []
+            except ConnectionError as exc:  # Pier went away mid-stream
+                raise Unreachable(request.full_url, exc) from None
 
     # ---- access tokens and labels -------------------------------------------------------------
 

@@ -56,7 +56,7 @@ ROUTE = "  - {path: /classify, file: text.py, function: classify}\n"
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("routes: [unclosed\n", "is not valid YAML"),
+        ("routes: [unclosed\n", "is not valid YAML: line 2, column 1: expected ',' or ']'"),
         ("paths:\n" + ROUTE, "top-level key `routes` holds a list"),
         ("routes:\n  - {file: text.py, function: classify}\n", "missing required field `path` - at `routes[0]`"),
         ("routes:\n" + ROUTE + "  - {path: /b, file: text.py, function: classify, verb: FETCH}\n", "`routes[1].verb`"),

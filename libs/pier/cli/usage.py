@@ -45,6 +45,10 @@ def load_routes(path: str | Path) -> list[dict[str, Any]]:
     text = read_text(path, "routes file")
     try:
         document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:  # the usual case: say where, without PyYAML's echo of the text
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise UsageError(f"routes file {path}: is not valid YAML: {where}{exc.problem}") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"routes file {path}: is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(document, dict) or not isinstance(document.get("routes"), list):
