@@ -200,6 +200,7 @@ class Up:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._lock()  # before anything is written: a second `make up` must change nothing
         home = settings.home
         credentials = Credentials(home)
         self.nats_port = urlparse(settings.nats_url).port or 4222
@@ -218,7 +219,6 @@ class Up:
         self.platform = Platform(settings, token, credentials)
 
     def check(self) -> None:
-        self._lock()
         # A server an earlier, killed supervisor left running holds our port: stop it first.
         self.nats.stop_stale()
         self.pg.stop_stale()
