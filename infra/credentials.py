@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from infra.embedded import write_secret
-from pier import events
+from pier.events import ROUTES_BUCKET, TOKENS_BUCKET
 
 SUPERVISOR = "supervisor"
 
 # The buckets that decide who may call what: only the api writes them. A service other than the
 # api that could would be one step from making any model API unrestricted.
-_API_ONLY_BUCKETS = (events.ROUTES_BUCKET, events.TOKENS_BUCKET)
+_API_ONLY_BUCKETS = (ROUTES_BUCKET, TOKENS_BUCKET)
 
 
 class Credentials:
