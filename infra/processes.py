@@ -46,10 +46,11 @@ def die_with_parent(sig: int) -> Callable[[], None]:
     by SIGKILL (PR_SET_PDEATHSIG). The kernel sends it when the *thread* that forked exits, so
     children must be started from the main thread, never from `asyncio.to_thread`."""
     parent = os.getpid()
+    # Looked up here, not in the child: a dlopen between fork and exec can deadlock.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 

@@ -96,9 +96,9 @@ class Platform:
             return {}
         nats_url, pg_url = urlparse(self.settings.nats_url), urlparse(self.settings.database_url)
         return {
-            "PIER_NATS_URL": f"nats://{name}@{nats_url.hostname}:{nats_url.port}",
+            "PIER_NATS_URL": f"nats://{name}@{nats_url.hostname}:{nats_url.port or 4222}",
             "PIER_NATS_PASSWORD_FILE": str(self.credentials.file(f"nats-{name}")),
-            "PIER_DATABASE_URL": f"postgresql://postgres@{pg_url.hostname}:{pg_url.port}{pg_url.path}",
+            "PIER_DATABASE_URL": f"postgresql://postgres@{pg_url.hostname}:{pg_url.port or 5432}{pg_url.path}",
             "PIER_DATABASE_PASSWORD_FILE": str(self.credentials.file("postgres")),
         }
 
