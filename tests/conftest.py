@@ -1,7 +1,8 @@
 """Real NATS and PostgreSQL for the suite, on free ports, stopped by pid even when a test fails.
 
 PostgreSQL starts once per session and each test gets a database of its own; NATS starts in
-about 50 ms, so each test gets a server of its own and no stream is shared between tests.
+about 50 ms, so each test gets a server of its own and no stream is shared between tests. Both
+require a password, as under `make up`; the settings' URLs carry it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import nats
@@ -27,7 +28,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from pier import events, telemetry
+from pier import events, passwords, telemetry
 from pier.config import Settings
 from pier.events import Message
 
@@ -202,8 +203,11 @@ def _union(types: Sequence[type[Message]]) -> Any:
 
 @asynccontextmanager
 async def connect(settings: Settings, name: str) -> AsyncIterator[Bus]:
+    password = passwords.read(settings.nats_password_file)
+    credentials = {} if password is None else {"user": urlsplit(settings.nats_url).username, "password": password}
     nc = await nats.connect(
         settings.nats_url,
+        **credentials,
         name=f"pier-{name}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -43,6 +43,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ack_wait: float = 10.0
     logs_max_age_days: float = 14.0
     events_max_age_days: float = 60.0
+    # Credentials: files holding the password for the user named in PIER_NATS_URL / PIER_DATABASE_URL
+    # (`make up` writes them 0600 under PIER_HOME/secrets), so no password sits in a process's
+    # environment. Empty: the password, if any, is the one in the URL.
+    nats_password_file: str = ""
+    database_password_file: str = ""
     otel_exporter: str = ""
 
     @property

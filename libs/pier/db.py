@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
+from pier import passwords
 from pier.config import Settings
 
 log = structlog.get_logger("db")
@@ -17,13 +18,15 @@ _LIB_SQL = Path(__file__).parent / "sql"
 
 async def create_pool(settings: Settings, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections see `schema` first; the schema is created if missing."""
-    conn = await asyncpg.connect(settings.database_url)
+    password = passwords.read(settings.database_password_file)
+    conn = await asyncpg.connect(settings.database_url, password=password)
     try:
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(
         settings.database_url,
+        password=password,
         min_size=min_size,
         max_size=max_size,
         server_settings={"search_path": schema, "application_name": f"pier-{schema}"},
