@@ -3,7 +3,6 @@ at the first violation, and nothing is written outside the extraction folder."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import tarfile
@@ -14,54 +13,10 @@ import pytest
 from pier import tarballs
 from pier.tarballs import Limits
 from services.builder.sources import SourceError, extract
+from tests.tarball_attacks import entry as _entry
+from tests.tarball_attacks import huge_pax_header, link_through_link_escape, many_entries, tarball
 
 LIMITS = Limits(max_unpacked=10**8, max_entries=1000, max_header=64 * 1024)
-
-
-def _entry(
-    name: str, kind: bytes = tarfile.REGTYPE, link: str = "", data: bytes = b""
-) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname, info.size = kind, link, len(data)
-    return info, data
-
-
-def _tarball(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT, compresslevel=1) as tar:
-        for info, data in entries:
-            tar.addfile(info, io.BytesIO(data) if data else None)
-    return buffer.getvalue()
-
-
-def link_through_link_escape() -> bytes:
-    """CVE-2025-4517's shape: symlinks `a`..`p` to long folder names make the data filter's
-    realpath() overrun PATH_MAX and give up resolving, so it passes `escape`, a link that reads as
-    inside the tree but lands in the extraction folder's parent; `escape/pwned` is then written
-    there. Each link on its own stays inside when read lexically."""
-    comp, steps = "d" * 247, "abcdefghijklmnop"
-    entries, path = [], ""
-    for step in steps:
-        entries.append(_entry(os.path.join(path, comp), tarfile.DIRTYPE))
-        entries.append(_entry(os.path.join(path, step), tarfile.SYMTYPE, comp))
-        path = os.path.join(path, comp)
-    deep = os.path.join(*steps, "l" * 254)
-    entries.append(_entry(deep, tarfile.SYMTYPE, "../" * len(steps)))
-    entries.append(_entry("escape", tarfile.SYMTYPE, deep + "/.."))
-    entries.append(_entry("escape/pwned", data=b"owned\n"))
-    return _tarball(entries)
-
-
-def many_entries(count: int) -> bytes:
-    """`count` empty files in one small upload (each header is 512 bytes that compress to ~nothing)."""
-    header = _entry("f")[0].tobuf(format=tarfile.USTAR_FORMAT)
-    return gzip.compress(header * count + b"\0" * 1024, compresslevel=1)
-
-
-def huge_pax_header(size: int) -> bytes:
-    info, data = _entry("predict.py", data=b"def predict():\n    return 1\n")
-    info.pax_headers = {"comment": "x" * size}
-    return _tarball([(info, data)])
 
 
 def _extract(data: bytes, tmp_path: Path, limits: Limits = LIMITS) -> Path:
@@ -110,11 +65,11 @@ def test_paths_through_links_are_refused_in_either_order(
     entries: list[tuple[tarfile.TarInfo, bytes]], problem: str
 ) -> None:
     with pytest.raises(tarballs.UnsafeSource, match=problem):
-        tarballs.check(io.BytesIO(_tarball(entries)), LIMITS)
+        tarballs.check(io.BytesIO(tarball(entries)), LIMITS)
 
 
 def test_links_inside_the_tree_that_go_through_no_link_are_kept(tmp_path: Path) -> None:
-    data = _tarball(
+    data = tarball(
         [
             _entry("pkg/model.py", data=b"X = 1\n"),
             _entry("model.py", tarfile.SYMTYPE, "pkg/model.py"),
