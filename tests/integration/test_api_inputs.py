@@ -167,20 +167,30 @@ async def test_a_streamed_source_over_the_limit_is_413_and_leaves_nothing(serve:
 
 
 @pytest.mark.parametrize(
-    ("fields", "field"),
+    ("fields", "planted", "field"),
     [
-        ({"source": "../../../etc/passwd"}, "source"),
-        ({"source": "A" * 64}, "source"),
-        ({"source": "0" * 63}, "source"),
-        ({"git": "file:///tmp/repo", "git_credential": "../../../home/x/.config/creds"}, "git_credential"),
-        ({"git": "file:///tmp/repo", "git_credential": "Deploy"}, "git_credential"),
+        ({"source": "../../stolen"}, "stolen.tar.gz", "source"),
+        ({"source": "A" * 64}, f"artifacts/sources/{'A' * 64}.tar.gz", "source"),
+        ({"source": "0" * 63}, f"artifacts/sources/{'0' * 63}.tar.gz", "source"),
+        ({"git": "file:///tmp/repo", "git_credential": "../../stolen"}, "stolen.json", "git_credential"),
+        (
+            {"git": "file:///tmp/repo", "git_credential": "Deploy"},
+            "artifacts/credentials/Deploy.json",
+            "git_credential",
+        ),
     ],
     ids=["dotdot-digest", "upper-hex", "short-digest", "dotdot-credential", "upper-credential"],
 )
 async def test_a_digest_or_credential_name_that_could_be_a_path_is_400_naming_the_field(
-    serve: Serve, fields: dict[str, str], field: str
+    serve: Serve, fields: dict[str, str], planted: str, field: str
 ) -> None:
     api = await serve(git_schemes="https,ssh,file")
+    # What the path would reach if it were built from the caller's text: a file there exists.
+    for folder in ("sources", "credentials"):  # as on any store that has seen an upload and a credential
+        (api.settings.artifacts / folder).mkdir(parents=True, exist_ok=True)
+    target = api.settings.home / planted
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b'{"name": "stolen", "token": "t"}' if planted.endswith(".json") else b"\x1f\x8b")
     status, body = await api.call("POST", "/v1/models", {"name": "paths", **ENTRY, **fields})
     assert status == 400, body
     assert body["errors"][0]["field"] == field
