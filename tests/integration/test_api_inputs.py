@@ -262,3 +262,44 @@ async def test_the_token_query_parameter_is_accepted_only_on_the_live_log_stream
     async with asyncio.timeout(10):
         async with api.session.get(api.url + f"/v1/models/logs/logs?follow=true&token={ADMIN}") as resp:
             assert resp.status == 200 and resp.content_type == "text/event-stream"
+
+
+# ---- kept: tokens as hashes, SQL placeholders -------------------------------------------------
+
+
+async def test_a_model_token_is_kept_and_published_only_as_its_hash(serve: Serve) -> None:
+    api = await serve()
+    digest = (await api.upload(_incompressible_source(10)))[1]["digest"]
+    assert (await api.call("POST", "/v1/models", {"name": "vault", "source": digest, **ENTRY}))[0] == 201
+    status, created = await api.call("POST", "/v1/models/vault/tokens", {"name": "ci"})
+    assert status == 201, created
+    secret = created["token"]
+    rows = [dict(r) for r in await api.pool.fetch("SELECT * FROM model_tokens")]
+    assert [r["hash"] for r in rows] == [hashlib.sha256(secret.encode()).hexdigest()]
+    assert secret not in repr(rows)
+    async with bus.connect(api.settings, "test-reader") as b:
+        kv = await b.kv(events.TOKENS_BUCKET)
+        published = (await kv.get(created["id"])).value or b""
+    assert hashlib.sha256(secret.encode()).hexdigest().encode() in published and secret.encode() not in published
+    assert secret not in (await api.call("GET", "/v1/models/vault/tokens"))[1].__repr__()
+
+
+HOSTILE = ["x'; DROP TABLE models; --", 'x" OR 1=1 --', "$1", "%' OR '1'='1"]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+async def test_caller_text_reaches_sql_only_as_a_parameter(serve: Serve, text: str) -> None:
+    api = await serve()
+    digest = (await api.upload(_incompressible_source(10)))[1]["digest"]
+    assert (await api.call("POST", "/v1/models", {"name": "kept", "source": digest, **ENTRY}))[0] == 201
+    quoted = aiohttp.helpers.quote(text, safe="")  # type: ignore[attr-defined]
+    for path in (f"/v1/models/{quoted}", f"/v1/sources/{quoted}", f"/v1/models/{quoted}/tokens"):
+        status, body = await api.call("GET", path)
+        assert status == 404, (path, body)
+    status, body = await api.call("GET", f"/v1/models/kept/logs?instance={quoted}")
+    assert status == 200 and body["lines"] == [], body
+    status, body = await api.call("POST", "/v1/models/kept/tokens", {"name": text})
+    assert status == 201 and body["name"] == text, body  # stored as given, never spliced into SQL
+    assert [t["name"] for t in (await api.call("GET", "/v1/models/kept/tokens"))[1]] == [text]
+    listed = await api.call("GET", "/v1/models")
+    assert listed[0] == 200 and [m["name"] for m in listed[1]] == ["kept"]
