@@ -25,6 +25,7 @@ from services.builder.errors import BuildError
 
 IGNORE_FILE = ".modelignore"
 _CHUNK = 1 << 20
+_MAX_IGNORE_FILE = 1 << 20
 
 
 class SourceError(BuildError):
@@ -92,7 +93,8 @@ def _scan(tarball: Path, limits: Limits) -> tuple[list[tuple[str, str, int]], li
             if path == IGNORE_FILE and kind == "file":
                 handle = tar.extractfile(member)
                 if handle is not None:
-                    ignore_lines = handle.read().decode("utf-8", errors="replace").splitlines()
+                    # Patterns, not data: a huge file here would only be read into memory.
+                    ignore_lines = handle.read(_MAX_IGNORE_FILE).decode("utf-8", errors="replace").splitlines()
     return entries, ignore_lines
 
 
