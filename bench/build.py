@@ -131,7 +131,11 @@ async def main(rounds: int) -> None:
         database = "bench"
         postgres.create_database(database)
         platform_settings = msgspec.structs.replace(
-            settings, database_url=postgres.url(database), api_port=free_port(), gateway_port=free_port()
+            settings,
+            database_url=postgres.url(database),
+            api_port=free_port(),
+            gateway_port=free_port(),
+            gateway_metrics_port=0,
         )
         home.mkdir(parents=True, exist_ok=True)
         (home / "credentials.json").write_text(

@@ -208,7 +208,9 @@ def main() -> None:
         nats.start()
         try:
             ports = {name: free_port() for name in ("harness", "gateway", "flask", "proxy")}
-            settings = config.load(env={}, home=work / "pier", nats_url=nats.url, gateway_port=ports["gateway"])
+            settings = config.load(
+                env={}, home=work / "pier", nats_url=nats.url, gateway_port=ports["gateway"], gateway_metrics_port=0
+            )
             base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
             harness_env = {
                 **base_env,

@@ -12,6 +12,9 @@ a reader never sees half an image, and a final folder without its marker is cras
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import tempfile
 from pathlib import Path
 
 import msgspec
@@ -28,12 +31,23 @@ class ImageManifest(msgspec.Struct, kw_only=True):
     packages: list[str] = msgspec.field(default_factory=list)
 
 
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def checked_digest(digest: str) -> str:
+    """`digest` when it is a sha256 in lower-case hex; ValueError otherwise, so that no caller's
+    text (`../x`) ever becomes a path under the store."""
+    if not DIGEST_RE.match(digest):
+        raise ValueError(f"{digest!r} is not a sha256 digest (64 lower-case hex digits)")
+    return digest
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def source(self, digest: str) -> Path:
-        return self.root / "sources" / f"{digest}.tar.gz"
+        return self.root / "sources" / f"{checked_digest(digest)}.tar.gz"
 
     def env(self, env_hash: str) -> Path:
         return self.root / "envs" / env_hash
@@ -57,3 +71,19 @@ class Store:
             tmp.write_bytes(data)
             tmp.rename(path)
         return digest
+
+    def spool(self) -> Path:
+        """A new empty file for an upload in transit, on the store's file system (so that
+        adopt_source is a rename), outside sources/ (so that a refused upload never shows there)."""
+        folder = self.root / "incoming"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
+        os.close(fd)
+        return Path(name)
+
+    def adopt_source(self, spooled: Path, digest: str) -> None:
+        """Move a checked upload (whose sha256 is `digest`) into place; a copy already there wins."""
+        path = self.source(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            spooled.rename(path)

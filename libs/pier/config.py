@@ -48,6 +48,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # environment. Empty: the password, if any, is the one in the URL.
     nats_password_file: str = ""
     database_password_file: str = ""
+    # Inputs and secrets: how much a caller may send, and where git may connect.
+    api_max_body_bytes: int = 1024 * 1024  # every api route but /v1/sources (max_source_bytes)
+    max_source_entries: int = 20_000
+    max_source_header_bytes: int = 64 * 1024  # PAX / GNU long-name headers in front of one entry
+    git_allow_networks: str = ""  # private ranges git may reach anyway, e.g. "10.0.0.0/8,127.0.0.0/8"
+    gateway_metrics_host: str = "127.0.0.1"  # the gateway's /metrics, away from its public address
+    gateway_metrics_port: int = 8001
     otel_exporter: str = ""
 
     @property

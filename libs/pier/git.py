@@ -7,14 +7,18 @@ event ever carries a secret, so the builder reads it there by name.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import msgspec
 
+# A credential's name becomes a file name: the api's name rule, checked wherever a path is built.
+CREDENTIAL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # scp-like ssh addresses: user@host:path
 _SCP_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:")
 
@@ -53,6 +57,52 @@ def url_problem(url: str, schemes: list[str]) -> str | None:
     return None
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(setting: str) -> list[Network]:
+    """`Settings.git_allow_networks` ("10.0.0.0/8,127.0.0.0/8"); ValueError naming a bad entry."""
+    networks: list[Network] = []
+    for item in (i.strip() for i in setting.split(",") if i.strip()):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"PIER_GIT_ALLOW_NETWORKS: {item!r} is not a network such as 10.0.0.0/8") from None
+    return networks
+
+
+def host_of(url: str) -> str | None:
+    """The host git would connect to; None for a local path (file://)."""
+    if _SCP_RE.match(url) and "://" not in url:
+        return url.split("@", 1)[1].split(":", 1)[0]
+    return urlsplit(url).hostname or None
+
+
+def network_problem(url: str, allowed: list[Network]) -> str | None:
+    """Why git must not connect to this URL's host, or None. Blocking: it resolves the host.
+
+    Loopback, link-local, private and other non-public addresses are refused (the platform's own
+    services and cloud metadata live there) unless an admin allows their range."""
+    host = host_of(url)
+    if host is None:
+        return None
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"host {host!r} cannot be resolved ({exc})"
+    for address in sorted({str(info[4][0]) for info in found}):
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_global or any(ip in network for network in allowed):
+            continue
+        return (
+            f"host {host!r} is at {ip}, a loopback, link-local or private address; an admin can allow"
+            " its range with PIER_GIT_ALLOW_NETWORKS"
+        )
+    return None
+
+
 def ref_problem(ref: str) -> str | None:
     """Why this ref is refused, or None. A leading '-' could be read by git as an option."""
     if not ref or ref.startswith("-"):
@@ -66,19 +116,27 @@ def credentials_dir(artifacts: Path) -> Path:
     return artifacts / "credentials"
 
 
+def credential_path(artifacts: Path, name: str) -> Path:
+    """ValueError unless `name` is a valid credential name (never `../x`)."""
+    if not CREDENTIAL_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid credential name (lower-case letters, digits and -)")
+    return credentials_dir(artifacts) / f"{name}.json"
+
+
 def save_credential(artifacts: Path, credential: Credential) -> None:
     """Blocking. Written readable by this user only, replaced atomically."""
+    path = credential_path(artifacts, credential.name)
     folder = credentials_dir(artifacts)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     with os.fdopen(fd, "wb") as handle:
         handle.write(msgspec.json.encode(credential))
-    os.replace(tmp, folder / f"{credential.name}.json")
+    os.replace(tmp, path)
 
 
 def load_credential(artifacts: Path, name: str) -> Credential | None:
     try:
-        return msgspec.json.decode((credentials_dir(artifacts) / f"{name}.json").read_bytes(), type=Credential)
+        return msgspec.json.decode(credential_path(artifacts, name).read_bytes(), type=Credential)
     except FileNotFoundError:
         return None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pier import bus, db, outbox
+from pier import bus, db, git, outbox
 from pier.config import Settings
 from pier.events import AnyEvent
 from pier.service import announce_ready, run
@@ -20,6 +20,7 @@ EVENT_TYPES = list(AnyEvent.__args__)
 
 
 async def main(settings: Settings) -> None:
+    git.parse_networks(settings.git_allow_networks)  # a bad value stops the start, naming the variable
     async with bus.connect(settings, "api") as b:
         pool = await db.create_pool(settings, "api")
         try:

@@ -42,7 +42,7 @@ ROUTE_MODULES = [
 
 def build(ctx: Context) -> web.Application:
     app = web.Application(
-        client_max_size=ctx.settings.max_source_bytes, middlewares=[problems, auth.middleware(ctx.pool)]
+        client_max_size=ctx.settings.api_max_body_bytes, middlewares=[problems, auth.middleware(ctx.pool)]
     )
     for module in ROUTE_MODULES:
         app.add_routes(module.routes(ctx))

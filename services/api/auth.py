@@ -9,10 +9,12 @@ import asyncpg
 from aiohttp import web
 
 from pier import events
-from services.api.errors import Unauthorized
+from services.api.errors import Forbidden, Unauthorized
 
 USER = web.RequestKey("user", str)
+ADMIN = web.RequestKey("admin", bool)
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/openapi.json"})
+LIVE_LOG_ROUTE = "/v1/models/{ref}/logs"  # with follow=true: server-sent events
 
 
 def token_hash(secret: str) -> str:
@@ -20,11 +22,15 @@ def token_hash(secret: str) -> str:
 
 
 async def ensure_admin(pool: asyncpg.Pool, secret: str) -> None:
-    """Make `secret` a valid admin token (idempotent: the same token on every start)."""
+    """Make `secret` the admin token (idempotent: the same token on every start). A new one
+    replaces the old, which stops working: rotating the admin token is restarting with a new one."""
     if not secret:
         return
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("INSERT INTO users (name, is_admin) VALUES ('admin', true) ON CONFLICT DO NOTHING")
+        await conn.execute(
+            "DELETE FROM api_tokens WHERE user_name = 'admin' AND name = 'admin' AND hash <> $1", token_hash(secret)
+        )
         await conn.execute(
             "INSERT INTO api_tokens (id, user_name, name, hash) VALUES ($1, 'admin', 'admin', $2)"
             " ON CONFLICT (hash) DO NOTHING",
@@ -33,12 +39,33 @@ async def ensure_admin(pool: asyncpg.Pool, secret: str) -> None:
         )
 
 
+def require_admin(request: web.Request, what: str) -> None:
+    """Forbidden unless the caller holds an admin token; `what` says what only an admin may do.
+    (Until roles exist, this is the one check beyond holding a valid token.)"""
+    if not request.get(ADMIN, False):
+        raise Forbidden(f"only an admin {what}; this API token is not an admin's")
+
+
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.query.get("token")  # EventSource in browsers cannot send headers
+    # A browser's EventSource cannot send headers, so the live log stream alone takes `?token=`:
+    # anywhere else a token in the URL would only end up in proxies' and browsers' histories.
+    if _is_live_log_stream(request):
+        return request.query.get("token")
+    return None
+
+
+def _is_live_log_stream(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return (
+        request.method == "GET"
+        and resource is not None
+        and resource.canonical == LIVE_LOG_ROUTE
+        and request.query.get("follow", "").lower() in ("true", "1")
+    )
 
 
 def middleware(pool: asyncpg.Pool) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -51,12 +78,15 @@ def middleware(pool: asyncpg.Pool) -> Callable[..., Awaitable[web.StreamResponse
         secret = _bearer(request)
         if not secret:
             raise Unauthorized("an API token is required: send it as 'Authorization: Bearer <token>'")
-        user = await pool.fetchval(
-            "UPDATE api_tokens SET last_used = now() WHERE hash = $1 RETURNING user_name", token_hash(secret)
+        found = await pool.fetchrow(
+            "UPDATE api_tokens t SET last_used = now() FROM users u WHERE t.hash = $1 AND u.name = t.user_name"
+            " RETURNING t.user_name, u.is_admin",
+            token_hash(secret),
         )
-        if user is None:
+        if found is None:
             raise Unauthorized("the API token is not valid")
-        request[USER] = user
+        request[USER] = found["user_name"]
+        request[ADMIN] = found["is_admin"]
         return await handler(request)
 
     return authenticate

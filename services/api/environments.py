@@ -17,7 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from pier.events import BaseEnvironment
 from services.api import auth
-from services.api.errors import Forbidden, Invalid
+from services.api.errors import Invalid
 from services.api.http import Context, json_response, read_body
 from services.api.schemas import Name
 
@@ -87,6 +87,7 @@ class Environments:
 
     async def create(self, request: web.Request) -> web.Response:
         """Define or redefine an environment (admins only: it is what everyone's builds start from)."""
+        auth.require_admin(request, "defines compute environments")
         spec = await read_body(request, CreateEnvironment)
         user = request[auth.USER]
         for i, package in enumerate(spec.packages):
@@ -95,8 +96,6 @@ class Environments:
             except InvalidRequirement as exc:
                 raise Invalid(f"packages[{i}]: {exc}", [(f"packages[{i}]", "is not a requirement")]) from None
         async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT is_admin FROM users WHERE name = $1", user):
-                raise Forbidden("only an admin defines compute environments")
             row = await conn.fetchrow(
                 "INSERT INTO environments (name, python_version, packages, description, created_by)"
                 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE"

@@ -73,7 +73,7 @@ class Lifecycle:
 
     async def _origin(self, spec: CodeSpec) -> CodeOrigin:
         async with self.pool.acquire() as conn:
-            return await sources.resolve(conn, self.store, spec, self.settings.git_schemes)
+            return await sources.resolve(conn, self.store, spec, self.settings)
 
     async def emit(self, conn: asyncpg.Connection, msg: Message) -> None:
         await outbox.enqueue(conn, msg, CHANNEL)

@@ -11,6 +11,8 @@ import msgspec
 from pier.spec import Entrypoint, Route
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="lower-case letters, digits, -")]
+# Both end up in file paths: checked here, before any path is built (and again where it is).
+Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", description="a sha256: 64 lower-case hex digits")]
 Access = Literal["restricted", "unrestricted"]
 RoutingMode = Literal["basic", "advanced"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -20,11 +22,11 @@ class CodeSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where a version's code comes from and what it serves. The code is exactly one of: an upload
     (`source`, its digest), a named source (`source_name`), or a git repository (`git`, `ref`)."""
 
-    source: str | None = None
+    source: Digest | None = None
     source_name: str | None = None
     git: str | None = None
     ref: str | None = None  # branch, tag or commit; default: the remote's default branch
-    git_credential: str | None = None  # the name of a registered credential
+    git_credential: Name | None = None  # the name of a registered credential
     environment: str | None = None  # a compute environment (`GET /v1/environments`)
     python_version: str | None = None  # e.g. "3.11"
     # The Domino `/model` endpoint's entry; left out when `routes` are all it serves.

@@ -10,7 +10,9 @@ no command or event may carry a secret); the API only ever answers their names.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -18,11 +20,14 @@ from aiohttp import web
 
 from pier import git, tarballs
 from pier.artifacts import Store
+from pier.config import Settings
 from pier.events import BaseEnvironment, GitSource
 from services.api import auth, environments
 from services.api.errors import Invalid, NotFound, TooLarge
 from services.api.http import Context, json_response, read_body
 from services.api.schemas import NAME_RE, CodeSpec, SourceOut
+
+_CHUNK = 1 << 20
 
 
 class NamedSourceOut(msgspec.Struct, kw_only=True):
@@ -61,7 +66,7 @@ def _check_name(field: str, name: str) -> None:
         raise Invalid(f"{field}: {name!r} is not a valid name", [(field, "lower-case letters, digits and -")])
 
 
-async def resolve(conn: asyncpg.Connection, store: Store, spec: CodeSpec, git_schemes: str) -> CodeOrigin:
+async def resolve(conn: asyncpg.Connection, store: Store, spec: CodeSpec, settings: Settings) -> CodeOrigin:
     """Check a deploy spec's code fields and resolve names; Invalid names the field at fault."""
     given = [f for f in ("source", "source_name", "git") if getattr(spec, f)]
     if len(given) != 1:
@@ -85,9 +90,12 @@ async def resolve(conn: asyncpg.Connection, store: Store, spec: CodeSpec, git_sc
             )
         return CodeOrigin(source=digest, source_name=spec.source_name, environment=environment)
     assert spec.git is not None
-    schemes = git.parse_schemes(git_schemes)
+    schemes = git.parse_schemes(settings.git_schemes)
     if bad_url := git.url_problem(spec.git, schemes):
         raise Invalid(f"git: {bad_url}", [("git", bad_url)])
+    allowed = git.parse_networks(settings.git_allow_networks)
+    if bad_host := await asyncio.to_thread(git.network_problem, spec.git, allowed):
+        raise Invalid(f"git: {bad_host}", [("git", bad_host)])
     if spec.ref is not None and (bad_ref := git.ref_problem(spec.ref)):
         raise Invalid(f"ref: {bad_ref}", [("ref", bad_ref)])
     if spec.git_credential is not None:
@@ -124,18 +132,22 @@ class Sources:
             _check_name("name", name)
         if request.content_type not in ("application/gzip", "application/x-gzip", "application/octet-stream"):
             raise Invalid("Content-Type: send the source as a gzip'd tarball (application/gzip)")
-        if (request.content_length or 0) > self.settings.max_source_bytes:
-            raise TooLarge(f"the source is over the limit of {self.settings.max_source_bytes} bytes")
-        data = await request.read()
-        if not data.startswith(b"\x1f\x8b"):
-            raise Invalid("body: not a gzip'd tarball", [("body", "is not gzip data")])
+        limit = self.settings.max_source_bytes
+        if (request.content_length or 0) > limit:
+            raise TooLarge(f"the source is over the limit of {limit} bytes (PIER_MAX_SOURCE_BYTES)")
+        # Streamed to a file, never held whole in memory; checked there, then moved into the store.
+        spool = await asyncio.to_thread(self.store.spool)
         try:
-            await asyncio.to_thread(tarballs.check, data, self.settings.max_source_bytes)
-        except tarballs.UnsafeSource as exc:
-            raise Invalid(f"body: {exc}", [("body", str(exc))]) from None
-        except tarballs.TooBig as exc:
-            raise TooLarge(str(exc)) from None
-        digest = await asyncio.to_thread(self.store.put_source, data)
+            digest, size = await _receive(request, spool, limit)
+            try:
+                await asyncio.to_thread(tarballs.check, spool, tarballs.source_limits(self.settings))
+            except tarballs.UnsafeSource as exc:
+                raise Invalid(f"body: {exc}", [("body", str(exc))]) from None
+            except tarballs.TooBig as exc:
+                raise TooLarge(str(exc)) from None
+            await asyncio.to_thread(self.store.adopt_source, spool, digest)
+        finally:
+            await asyncio.to_thread(spool.unlink, missing_ok=True)
         if name is not None:
             async with self.pool.acquire() as conn:
                 await conn.execute(
@@ -143,10 +155,10 @@ class Sources:
                     " ON CONFLICT (name) DO UPDATE SET digest = $2, size = $3, created_by = $4, updated_at = now()",
                     name,
                     digest,
-                    len(data),
+                    size,
                     request[auth.USER],
                 )
-        return json_response(SourceOut(digest=digest, size=len(data)), status=201)
+        return json_response(SourceOut(digest=digest, size=size), status=201)
 
     async def list_named(self, _: web.Request) -> web.Response:
         async with self.pool.acquire() as conn:
@@ -161,6 +173,8 @@ class Sources:
         return json_response(_named(row))
 
     async def create_credential(self, request: web.Request) -> web.Response:
+        # A credential is used for every build that names it, whoever asks: an admin's decision.
+        auth.require_admin(request, "registers git credentials")
         spec = await read_body(request, CreateCredential)
         _check_name("name", spec.name)
         if (spec.token is None) == (spec.ssh_key is None):
@@ -173,6 +187,19 @@ class Sources:
     async def list_credentials(self, _: web.Request) -> web.Response:
         names = await asyncio.to_thread(git.credential_names, self.store.root)
         return json_response([CredentialOut(name=n) for n in names])
+
+
+async def _receive(request: web.Request, path: Path, limit: int) -> tuple[str, int]:
+    """Write the body to `path` in chunks, stopping past `limit` bytes; its sha256 and size."""
+    digest, size = hashlib.sha256(), 0
+    with await asyncio.to_thread(path.open, "wb") as handle:
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the source is over the limit of {limit} bytes (PIER_MAX_SOURCE_BYTES)")
+            digest.update(chunk)
+            await asyncio.to_thread(handle.write, chunk)
+    return digest.hexdigest(), size
 
 
 def _named(row: asyncpg.Record) -> NamedSourceOut:

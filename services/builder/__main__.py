@@ -1,6 +1,6 @@
 import asyncio
 
-from pier import bus
+from pier import bus, git
 from pier.config import Settings
 from pier.events import RunSchedule, StartBuild
 from pier.service import announce_ready, run
@@ -9,6 +9,7 @@ from services.builder.worker import Builder
 
 
 async def main(settings: Settings) -> None:
+    git.parse_networks(settings.git_allow_networks)  # a bad value stops the start, naming the variable
     async with bus.connect(settings, "builder") as b:
         worker = Builder(b, settings)
         await worker.sweep()

@@ -10,6 +10,7 @@ build log.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pier.events import GitSource
-from pier.git import load_credential, ref_problem, url_problem
+from pier.git import Network, load_credential, network_problem, ref_problem, url_problem
 from services.builder.errors import BuildError
 from services.builder.processes import LineSink, ProcessTimeout, run
 
@@ -52,11 +53,19 @@ class Scrubbed:
 
 
 async def fetch(
-    source: GitSource, work: Path, artifacts: Path, timeout: float, on_line: LineSink, schemes: list[str]
+    source: GitSource,
+    work: Path,
+    artifacts: Path,
+    timeout: float,
+    on_line: LineSink,
+    schemes: list[str],
+    allowed: list[Network],
 ) -> Fetched:
     """Fetch `source` into `work` (an empty folder) and return the tree at the ref as a .tar.gz."""
     problem = url_problem(source.url, schemes)
     if problem:
+        raise GitError(f"git URL {problem}")
+    if problem := await asyncio.to_thread(network_problem, source.url, allowed):
         raise GitError(f"git URL {problem}")
     if source.ref is not None and (problem := ref_problem(source.ref)):
         raise GitError(f"git ref {problem}")
@@ -67,10 +76,18 @@ async def fetch(
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_ALLOW_PROTOCOL": ":".join(schemes),  # submodules and redirects stay within the allowed schemes
         "LANG": "C",
+        # A redirect could lead to an address the network check above refused.
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.followRedirects",
+        "GIT_CONFIG_VALUE_0": "false",
+        "GIT_SSH_COMMAND": _ssh_command(work, None),
     }
     secrets: list[str] = []
     if source.credential:
-        credential = load_credential(artifacts, source.credential)
+        try:
+            credential = load_credential(artifacts, source.credential)
+        except ValueError as exc:
+            raise GitError(f"git credential: {exc}") from None
         if credential is None:
             raise GitError(f"no git credential named {source.credential!r} is registered")
         if credential.token:
@@ -78,17 +95,16 @@ async def fetch(
             secrets += [credential.token, basic]
             # Through the environment, not `-c` on the command line, which `ps` shows to anyone.
             env.update(
-                GIT_CONFIG_COUNT="1",
-                GIT_CONFIG_KEY_0="http.extraHeader",
-                GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}",
+                GIT_CONFIG_COUNT="2",
+                GIT_CONFIG_KEY_1="http.extraHeader",
+                GIT_CONFIG_VALUE_1=f"Authorization: Basic {basic}",
             )
         if credential.ssh_key:
             key = work / "deploy_key"
             key.write_text(credential.ssh_key.rstrip("\n") + "\n")
             key.chmod(0o600)
             secrets += [line for line in credential.ssh_key.splitlines() if len(line) > 16]
-            # git runs this through sh; it holds only a path Pier chose, never user input.
-            env["GIT_SSH_COMMAND"] = f"ssh -i {shlex.quote(str(key))} -o IdentitiesOnly=yes -o BatchMode=yes"
+            env["GIT_SSH_COMMAND"] = _ssh_command(work, key)
     say = Scrubbed(on_line, secrets)
     repo = work / "repo"
     repo.mkdir()
@@ -128,6 +144,28 @@ async def fetch(
     archive = work / "source.tar.gz"
     await git("archive", "--format=tar.gz", f"--output={archive}", commit, quiet=True)
     return Fetched(tarball=archive.read_bytes(), commit=commit)
+
+
+def _ssh_command(work: Path, key: Path | None) -> str:
+    """ssh that uses the registered key and nothing of the builder's: OpenSSH reads ~/.ssh from
+    the password database, not $HOME, so its config, agent, default keys and known hosts are
+    each switched off by option. There is no registry of host keys yet: each fetch starts from an
+    empty known-hosts file of its own and accepts the host's key (docs/builds.md says so).
+    git runs this through sh; it holds only paths Pier chose, never user input."""
+    known_hosts = work / "known_hosts"
+    known_hosts.touch()
+    identity = shlex.quote(str(key)) if key is not None else shlex.quote(str(work / "no-key"))
+    options = [
+        "-F /dev/null",
+        f"-o IdentityFile={identity}",
+        "-o IdentitiesOnly=yes",
+        "-o IdentityAgent=none",
+        f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))}",
+        "-o GlobalKnownHostsFile=/dev/null",
+        "-o StrictHostKeyChecking=accept-new",
+        "-o BatchMode=yes",
+    ]
+    return "ssh " + " ".join(options)
 
 
 def _git_error(lines: list[str]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from pier import tarballs
 from pier.artifacts import Store
 from pier.bus import Bus
 from pier.config import Settings
@@ -85,7 +86,11 @@ class Runner:
         code = work / "code"
         await asyncio.to_thread(code.mkdir, parents=True)
         await asyncio.to_thread(
-            sources.extract, self.store.source(cmd.source), code, self.settings.max_source_bytes, apply_ignore=False
+            sources.extract,
+            self.store.source(cmd.source),
+            code,
+            tarballs.source_limits(self.settings),
+            apply_ignore=False,
         )
         venv = Path(manifest.python).parent.parent
         env = {

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import structlog
 
-from pier import metrics
+from pier import metrics, tarballs
 from pier.artifacts import ImageManifest, Store
 from pier.bus import Bus
 from pier.config import Settings
 from pier.events import BuildFailed, BuildStarted, BuildSucceeded, StartBuild
-from pier.git import parse_schemes
+from pier.git import parse_networks, parse_schemes
 from services.builder import atomic, checks, environments, git, images, sources
 from services.builder.environments import Environments
 from services.builder.errors import BuildError
@@ -124,6 +124,7 @@ class Builder:
                 self.settings.build_timeout,
                 say,
                 parse_schemes(self.settings.git_schemes),
+                parse_networks(self.settings.git_allow_networks),
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, fetch_dir, True)
@@ -138,7 +139,7 @@ class Builder:
             await asyncio.to_thread(code.mkdir, parents=True)
             built = await self._fetch(cmd, work, say)
             extracted = await asyncio.to_thread(
-                sources.extract, self.store.source(built.source), code, self.settings.max_source_bytes
+                sources.extract, self.store.source(built.source), code, tarballs.source_limits(self.settings)
             )
             await say(f"source unpacked: {extracted.files} files, {_size(extracted.size)}")
             if (code / sources.IGNORE_FILE).is_file():

@@ -94,6 +94,7 @@ class Gateway:
         self.auth = Authenticator(table)
         self._tracing = bool(settings.otel_exporter)
         self.registry = metrics.Registry()
+        self.metrics_port = 0  # where /metrics is served, once listening (PIER_GATEWAY_METRICS_PORT)
         labels = ("model", "version")
         self.requests = self.registry.counter(
             "pier_gateway_requests_total", "Calls answered, by model API, version and HTTP status", (*labels, "status")
@@ -132,18 +133,24 @@ class Gateway:
             path = request.path
             if path.startswith(_MODELS):
                 return await self.invoke(request, request_id)
-            if path == "/ping" or path == "/metrics":
+            if path == "/ping":
                 if request.method not in ("GET", "HEAD"):
                     raise GatewayError(405, "MethodNotAllowed", f"{request.method} {path}: Method Not Allowed")
-                if path == "/ping":
-                    return Response(200, b'{"status":"ok"}')
-                return Response(200, self.registry.render().encode(), metrics.CONTENT_TYPE)
+                return Response(200, b'{"status":"ok"}')
             raise GatewayError(404, "NotFound", f"{request.method} {path}: Not Found")
         except GatewayError as err:
             return _error_response(request_id, err)
         except Exception:
             log.exception("unexpected error", request_id=request_id, path=request.path)
             return _error_response(request_id, GatewayError(500, "InternalError", "the gateway failed; see its logs"))
+
+    async def metrics_page(self, request: Request) -> Response:
+        """The metrics address's one page. It names model APIs, so it is not on the public address."""
+        if request.path != "/metrics":
+            return _error_response(_request_id(request), GatewayError(404, "NotFound", "only /metrics is here"))
+        if request.method not in ("GET", "HEAD"):
+            return _error_response(_request_id(request), GatewayError(405, "MethodNotAllowed", "/metrics answers GET"))
+        return Response(200, self.registry.render().encode(), metrics.CONTENT_TYPE)
 
     def refused(self, request: Request | None, status: int) -> Response:
         """What the HTTP server answers by itself: a body over the limit, a malformed request."""
@@ -188,10 +195,9 @@ class Gateway:
         if path == "/":
             raise GatewayError(404, "NotFound", f"{request.method} {request.path}: Not Found")
         record = self.table.resolve(ref)
-        if record is None:
-            raise GatewayError(404, "NotFound", f"there is no model API {ref!r}")
-        # `/ping` stays open, so load balancers and uptime checks need no token.
-        if path != "/ping" and not self.auth.check(record, request.headers.get("authorization")):
+        # An unknown name answers as a restricted model API does without its token (/ping too), so
+        # that names cannot be probed for; an unrestricted one needs no token, even for /ping.
+        if record is None or not self.auth.check(record, request.headers.get("authorization")):
             raise _UNAUTHORIZED
         version = _version(record, label)
         which += (record.name, version)
@@ -405,11 +411,16 @@ async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
             max_body=settings.max_body_bytes,
             log_error=lambda request, exc: log.error("unexpected error", path=request.path, error=repr(exc)),
         )
+        metrics_server = Server(gateway.metrics_page, gateway.refused, max_body=0)
         try:
             await server.listen_tcp(settings.gateway_host, settings.gateway_port)
-            log.info("serving", url=settings.gateway_url)
+            gateway.metrics_port = await metrics_server.listen_tcp(
+                settings.gateway_metrics_host, settings.gateway_metrics_port
+            )
+            log.info("serving", url=settings.gateway_url, metrics_port=gateway.metrics_port)
             yield gateway
         finally:
+            await metrics_server.close()
             await server.close()
             for task in followers:
                 task.cancel()

@@ -243,7 +243,7 @@ def _member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
         (_member("/etc/cron.d/evil", tarfile.REGTYPE), "/etc/cron.d/evil", "absolute path"),
         (_member("a/../../evil", tarfile.REGTYPE), "a/../../evil", "outside"),
         (_member("escape", tarfile.SYMTYPE, "../../../etc/passwd"), "escape", "links outside"),
-        (_member("hard", tarfile.LNKTYPE, "../outside"), "hard", "links outside"),
+        (_member("hard", tarfile.LNKTYPE, "../outside"), "hard", "is a hard link"),
         (_member("abs-link", tarfile.SYMTYPE, "/etc/passwd"), "abs-link", "absolute path"),
         (_member("disk", tarfile.BLKTYPE), "disk", "device file"),
         (_member("tty", tarfile.CHRTYPE), "tty", "device file"),

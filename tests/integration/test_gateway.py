@@ -164,7 +164,9 @@ class Env:
 
 @pytest.fixture
 async def env(settings: Settings) -> AsyncIterator[Env]:
-    settings = msgspec.structs.replace(settings, gateway_port=free_port(), max_body_bytes=64 * 1024)
+    settings = msgspec.structs.replace(
+        settings, gateway_port=free_port(), gateway_metrics_port=0, max_body_bytes=64 * 1024
+    )
     async with (
         bus.connect(settings, "test-gateway") as b,
         running(settings, b) as gateway,
@@ -215,10 +217,12 @@ async def test_label_routes_to_its_version(env: Env, model: tuple[RouteRecord, H
     assert status == 200
 
 
-async def test_unknown_model_or_label_is_404(env: Env, model: tuple[RouteRecord, Harness]) -> None:
+async def test_unknown_label_is_404_and_unknown_model_the_401_a_restricted_one_gives(
+    env: Env, model: tuple[RouteRecord, Harness]
+) -> None:
     status, body, response = await env.call("POST", "/models/nope/latest/model", json={"data": {}})
-    assert status == 404
-    assert body["error"]["type"] == "NotFound"
+    assert status == 401  # names cannot be probed for (test_gateway_access)
+    assert body["error"]["type"] == "Unauthorized"
     assert body["request_id"] == response.headers["X-Request-Id"]
     status, body, _ = await env.call("POST", "/models/demo/labels/staging/model", json={"data": {}})
     assert status == 404
@@ -394,7 +398,7 @@ async def test_body_over_the_limit_is_413(env: Env, model: tuple[RouteRecord, Ha
 
 
 async def test_service_serves_ping_and_answers_health_requests(settings: Settings) -> None:
-    settings = msgspec.structs.replace(settings, gateway_port=free_port())
+    settings = msgspec.structs.replace(settings, gateway_port=free_port(), gateway_metrics_port=0)
     task = asyncio.create_task(gateway_main(settings))
     try:
         async with aiohttp.ClientSession() as http, bus.connect(settings, "test") as b:

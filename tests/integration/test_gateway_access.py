@@ -92,9 +92,39 @@ async def test_missing_invalid_or_foreign_token_is_the_same_401(env: Env, locked
         assert "Bearer" in response.headers["WWW-Authenticate"]
         answers.append((body["error"]["type"], body["error"]["message"]))
     assert len(set(answers)) == 1  # nothing tells a foreign token from a wrong one
-    # Ping stays open for load balancers and uptime checks.
-    status, _, _ = await env.call("GET", "/models/locked/latest/ping")
-    assert status == 200
+    # Ping of a restricted model API takes its token too: else it would tell that the name exists.
+    assert (await env.call("GET", "/models/locked/latest/ping"))[0] == 401
+    assert (await env.call("GET", "/models/locked/latest/ping", headers={"Authorization": f"Bearer {real}"}))[0] == 200
+
+
+async def test_an_unknown_name_answers_exactly_as_a_restricted_model_api_without_its_token(
+    env: Env, locked: str
+) -> None:
+    other = route_record(uuid.uuid4().hex, "other", access="restricted")
+    await env.put_route(other)
+    foreign = await put_token(env, other.model_id)
+
+    async def answer(name: str, method: str, path: str, headers: dict[str, str]) -> tuple[int, str, str, str]:
+        status, body, response = await env.call(method, f"/models/{name}/latest{path}", headers=headers, json={})
+        return status, body["error"]["type"], body["error"]["message"], response.headers["WWW-Authenticate"]
+
+    for method, path in (("POST", "/model"), ("GET", "/ping"), ("POST", "/no/such/route")):
+        for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": f"Bearer {foreign}"}):
+            known = await answer("locked", method, path, headers)
+            assert known[0] == 401, (path, headers)
+            assert await answer("no-such-model", method, path, headers) == known, (path, headers)
+            assert await answer(uuid.uuid4().hex, method, path, headers) == known, (path, headers)
+
+
+async def test_metrics_are_served_on_their_own_address_not_the_public_one(env: Env, locked: str) -> None:
+    status, body, _ = await env.call("GET", "/metrics")
+    assert status == 404 and body["error"]["type"] == "NotFound"
+    token = await put_token(env, locked)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await env.call("POST", "/models/locked/latest/model", json={"data": {"x": 1}}, headers=headers))[0] == 200
+    async with env.http.get(f"http://127.0.0.1:{env.gateway.metrics_port}/metrics") as response:
+        assert response.status == 200
+        assert 'pier_gateway_requests_total{model="locked",version="1",status="200"}' in await response.text()
 
 
 async def test_unrestricted_model_api_needs_no_token(env: Env, tmp_path: Path) -> None:
@@ -108,7 +138,7 @@ async def test_unrestricted_model_api_needs_no_token(env: Env, tmp_path: Path) -
 
 async def test_revoked_token_stops_working_on_a_second_gateway(env: Env, locked: str, settings: Settings) -> None:
     token = await put_token(env, locked)
-    second = msgspec.structs.replace(settings, gateway_port=free_port())
+    second = msgspec.structs.replace(settings, gateway_port=free_port(), gateway_metrics_port=0)
     async with (
         bus.connect(second, "test-gateway-2") as b,
         running(second, b) as gateway,

@@ -61,7 +61,7 @@ async def test_burst_of_20x_capacity_gets_only_200s_and_503s_with_retry_after(en
         status, body, _ = await env.call("POST", "/models/busy/latest/model", json={"data": {"x": 7}})
         assert (status, body["result"]) == (200, 7)
 
-        async with env.http.get(env.base + "/metrics") as response:
+        async with env.http.get(f"http://127.0.0.1:{env.gateway.metrics_port}/metrics") as response:
             text = await response.text()
         assert response.status == 200
         assert 'pier_gateway_requests_total{model="busy",version="1",status="503"}' in text

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pier.tarballs import Limits, member_problem
 from services.builder import sources
-from services.builder.sources import SourceError, extract, member_problem, tree_digest
+from services.builder.sources import SourceError, extract, tree_digest
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
@@ -27,6 +28,10 @@ def _tarball(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
     return path
 
 
+def _limits(max_unpacked: int) -> Limits:
+    return Limits(max_unpacked=max_unpacked, max_entries=1000, max_header=64 * 1024)
+
+
 def _files(path: Path, files: dict[str, str]) -> Path:
     return _tarball(path, [(_member(name), text.encode()) for name, text in files.items()])
 
@@ -42,7 +47,8 @@ def _files(path: Path, files: dict[str, str]) -> Path:
         (_member("pipe", tarfile.FIFOTYPE), "FIFO"),
         (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "absolute path"),
         (_member("a/link", tarfile.SYMTYPE, "../../outside"), "links outside"),
-        (_member("hard", tarfile.LNKTYPE, "../outside"), "links outside"),
+        (_member("hard", tarfile.LNKTYPE, "../outside"), "hard link"),
+        (_member("hard", tarfile.LNKTYPE, "pkg/model.py"), "hard link"),
     ],
 )
 def test_unsafe_members_are_refused_by_name(member: tarfile.TarInfo, named: str) -> None:
@@ -60,7 +66,6 @@ def test_unsafe_members_are_refused_by_name(member: tarfile.TarInfo, named: str)
         _member("pkg", tarfile.DIRTYPE),
         _member("a/link", tarfile.SYMTYPE, "../b/file"),
         _member("a/self", tarfile.SYMTYPE, "."),
-        _member("hard", tarfile.LNKTYPE, "pkg/model.py"),
         _member("name..with..dots.py"),
     ],
 )
@@ -85,7 +90,7 @@ def test_extract_leaves_out_ignored_files_and_counts_them(tmp_path: Path) -> Non
     )
     out = tmp_path / "out"
     out.mkdir()
-    result = extract(tarball, out, max_size=10**6)
+    result = extract(tarball, out, limits=_limits(10**6))
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         ".modelignore",
         "predict.py",
@@ -98,7 +103,7 @@ def test_extract_refuses_the_whole_source_for_one_bad_entry(tmp_path: Path) -> N
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(SourceError, match=r"'\.\./evil'"):
-        extract(tarball, out, max_size=10**6)
+        extract(tarball, out, limits=_limits(10**6))
     assert list(out.iterdir()) == []
     assert not (tmp_path / "evil").exists()
 
@@ -107,13 +112,13 @@ def test_extract_reports_a_file_that_is_not_a_tarball(tmp_path: Path) -> None:
     bogus = tmp_path / "s.tar.gz"
     bogus.write_bytes(b"this is not gzip")
     with pytest.raises(SourceError, match="not a readable"):
-        extract(bogus, tmp_path, max_size=10**6)
+        extract(bogus, tmp_path, limits=_limits(10**6))
 
 
 def test_extract_refuses_a_source_over_the_size_limit(tmp_path: Path) -> None:
     tarball = _files(tmp_path / "s.tar.gz", {"big.bin": "0" * 2000})
     with pytest.raises(SourceError, match="over the limit"):
-        extract(tarball, tmp_path, max_size=1000)
+        extract(tarball, tmp_path, limits=_limits(1000))
 
 
 def test_tree_digest_depends_on_paths_and_contents_only(tmp_path: Path) -> None:
