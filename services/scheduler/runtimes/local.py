@@ -11,7 +11,7 @@ ticks since boot), so a pid the kernel has recycled for some other program is ne
 signalled. Instances run with `start_new_session=True`: they outlive a scheduler crash, and the
 session's process group lets one signal reach the harness's worker processes too.
 
-As root, each run is a user of its own (see isolation.py); its harness answers only callers that
+As root, each run is a user of its own (see pier/isolation.py); its harness answers only callers that
 send the run's secret, which the scheduler hands to the gateway and the monitor in the KV record.
 """
 
@@ -33,10 +33,10 @@ from typing import IO, Any
 import msgspec
 import structlog
 
+from pier import isolation
 from pier.artifacts import Store
 from pier.config import Settings
 from pier.spec import Entrypoint
-from services.scheduler.runtimes import isolation
 
 log = structlog.get_logger("scheduler.local")
 
@@ -181,7 +181,6 @@ class LocalRuntime:
             return None, f"pier: runs as the platform user: {reason}; not isolated"
         isolation.lock_down_home(self.home, self.store.root)
         isolation.make_searchable(python)
-        isolation.make_searchable(work)
         taken = [h.uid for h in map(_read_pid_file, instances_root(self.home).glob("*/pid")) if h and h.uid]
         uid = isolation.instance_uid(instance_id, taken)
         isolation.own_work_dir(work, uid)
