@@ -56,9 +56,8 @@ async def run(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
-        user=user,
-        group=user,
-        extra_groups=[] if user is not None else None,
+        # uvloop (the services' loop) takes no user=/group=: the child switches itself before exec.
+        preexec_fn=_become(user) if user is not None else None,
         limit=1 << 20,  # a user's print of a long line must not break the build log
     )
     assert proc.stdout is not None
@@ -79,6 +78,15 @@ async def run(
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(proc.wait())
     return finished
+
+
+def _become(uid: int) -> Callable[[], None]:
+    def switch() -> None:
+        os.setgroups([])  # none of the platform's supplementary groups
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return switch
 
 
 def _kill_group(pid: int) -> None:

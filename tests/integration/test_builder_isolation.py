@@ -91,4 +91,5 @@ async def test_a_build_as_an_unprivileged_platform_says_it_is_not_isolated(setti
     async with running_builder(settings) as platform:
         cmd = await platform.build({"predict.py": PREDICT})
         assert isinstance(await platform.outcome(cmd), BuildSucceeded)
-        await platform.logged(cmd, f"pier: builds as the platform user: {isolation.not_isolated_reason()}; not isolated")
+        reason = isolation.not_isolated_reason()
+        await platform.logged(cmd, f"pier: builds as the platform user: {reason}; not isolated")
