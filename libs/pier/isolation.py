@@ -24,7 +24,7 @@ UID_COUNT = 20000
 BUILD_UID = UID_BASE - 1
 # Under PIER_HOME, the build uid's own: its HOME and its uv cache (a cache the build uid can write).
 BUILD_HOME = "build"
-# Folders of PIER_HOME an instance must never read (the artifact store's others it needs).
+# Folders of the artifact store an instance must never read; the others (images, envs) it needs.
 PRIVATE_ARTIFACTS = ("credentials", "sources")
 
 
