@@ -201,6 +201,7 @@ class InstanceStarted(Event, tag="instance.started"):
     address: str
     node: str = "local"
     gpu_devices: list[str] = msgspec.field(default_factory=list)
+    isolated: bool | None = None  # runs as a user of its own; None from a platform that did not say
 
 
 class InstanceReady(Event, tag="instance.ready"):
@@ -348,6 +349,7 @@ class InstanceRecord(msgspec.Struct, kw_only=True):
     version: int
     address: str  # host:port of the harness
     workers: int = 1
+    secret: str = ""  # sent as X-Pier-Instance-Secret on every call: the harness answers nothing else
     state: Literal["starting", "ready", "unhealthy"] = "starting"
     started_at: float = msgspec.field(default_factory=time.time)
 

@@ -271,13 +271,14 @@ class Lifecycle:
                 )
             case InstanceStarted(version=v, instance_id=iid, address=address):
                 await conn.execute(
-                    "INSERT INTO instances (instance_id, model_id, version, state, address)"
-                    " VALUES ($1, $2, $3, 'starting', $4) ON CONFLICT (instance_id) DO UPDATE"
-                    " SET state = 'starting', address = $4, reason = '', updated_at = now()",
+                    "INSERT INTO instances (instance_id, model_id, version, state, address, isolated)"
+                    " VALUES ($1, $2, $3, 'starting', $4, $5) ON CONFLICT (instance_id) DO UPDATE"
+                    " SET state = 'starting', address = $4, isolated = $5, reason = '', updated_at = now()",
                     iid,
                     mid,
                     v,
                     address,
+                    event.isolated,
                 )
                 # Metered from now until its UsageRecorded (GET /v1/models/{ref}/usage counts it meanwhile).
                 await conn.execute(

@@ -76,6 +76,8 @@ class InstanceOut(msgspec.Struct, kw_only=True):
     state: str
     address: str
     reason: str
+    # Runs as an OS user of its own (true), as the platform's user (false), or not said (null).
+    isolated: bool | None = None
 
 
 class VersionOut(msgspec.Struct, kw_only=True):

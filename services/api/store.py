@@ -79,6 +79,7 @@ async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: 
                 state=i["state"],
                 address=i["address"],
                 reason=i["reason"],
+                isolated=i["isolated"],
             )
             for i in instances
         ],

@@ -11,23 +11,16 @@ from pathlib import Path
 import msgspec
 
 from pier.spec import Entrypoint
-from services.builder.processes import LineSink, ProcessTimeout, run
+from services.builder.processes import BuildUser, LineSink, ProcessTimeout, run
 
 REASON_PREFIX = "pier-check: "
 
 # Run by the environment's interpreter with cwd = the code folder, as the harness runs: it
 # imports nothing but the runtime shipped in the image, and reports which entry file failed.
-# Bytecode is cached for the environment's own files only (numpy & co.: compiling them is most of
-# an uncached import, and every later check and instance start then loads the .pyc), never for the
-# code or the runtime, which are the image's and must stay as they were digested.
+# It writes no bytecode: the environment's was compiled when it was built (it is read-only by now),
+# and the code and the runtime are the image's, which must stay as they were digested.
 _IMPORT_CHECK = f"""
-import importlib.machinery, os, sys, traceback
-_write, _env = importlib.machinery.SourceFileLoader.set_data, os.path.join(sys.prefix, "")
-def _env_only(self, path, data, *, _mode=0o666):
-    if os.path.abspath(path).startswith(_env):
-        _write(self, path, data, _mode=_mode)
-importlib.machinery.SourceFileLoader.set_data = _env_only
-sys.dont_write_bytecode = False
+import sys, traceback
 from pathlib import Path
 import msgspec
 from pier.spec import Entrypoint
@@ -130,7 +123,13 @@ def _bound(target: ast.expr) -> Iterator[str]:
 
 
 async def import_problem(
-    python: Path, runtime: Path, code_dir: Path, entrypoint: Entrypoint, timeout: float, on_line: LineSink
+    python: Path,
+    runtime: Path,
+    code_dir: Path,
+    entrypoint: Entrypoint,
+    timeout: float,
+    on_line: LineSink,
+    user: BuildUser | None = None,
 ) -> str | None:
     """Import the entry files in a child process of the environment's Python; None when it worked.
 
@@ -138,11 +137,10 @@ async def import_problem(
     """
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/tmp"),
+        "HOME": str(user.home) if user else os.environ.get("HOME", "/tmp"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "PYTHONPATH": str(runtime),
-        # The code folder is part of the image: importing it must not add __pycache__ to it (the
-        # check itself lifts this for the environment's files alone; what the code may spawn keeps it).
+        # The code folder is part of the image: importing it must not add __pycache__ to it.
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -153,7 +151,7 @@ async def import_problem(
             await on_line(line)
 
     try:
-        finished = await run(args, forward, timeout=timeout, cwd=code_dir, env=env)
+        finished = await run(args, forward, timeout=timeout, cwd=code_dir, env=env, user=user.uid if user else None)
     except ProcessTimeout:
         return f"import of {entrypoint.files()[0]} took longer than {timeout:g} s"
     if finished.returncode == 0:

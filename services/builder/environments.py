@@ -1,7 +1,9 @@
 """Python environments built with uv, one per distinct set of inputs, shared by every image that needs it.
 
 An environment is built in a temporary sibling folder and renamed into place once its completion
-marker is written, so `envs/<hash>/` either holds a whole environment or does not exist. uv's
+marker is written, so `envs/<hash>/` either holds a whole environment or does not exist. As root,
+uv runs as the build uid on a folder it owns, which becomes the platform's, read-only to everyone
+else, before the rename publishes it. uv's
 venvs survive the rename: the interpreter is a link to the base Python, and `--relocatable`
 keeps the scripts in bin/ path-independent.
 """
@@ -22,11 +24,12 @@ import msgspec
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from pier import isolation
 from pier.artifacts import Store
 from pier.events import BaseEnvironment
 from services.builder import atomic
 from services.builder.errors import BuildError
-from services.builder.processes import LineSink, ProcessTimeout, run
+from services.builder.processes import BuildUser, LineSink, ProcessTimeout, run
 
 MARKER = ".pier-env.json"
 # What the harness imports inside an instance, pinned to the platform's own versions so the
@@ -123,9 +126,10 @@ def uv_error(lines: Sequence[str]) -> str:
 
 
 class Environments:
-    def __init__(self, store: Store, timeout: float) -> None:
+    def __init__(self, store: Store, timeout: float, user: BuildUser | None = None) -> None:
         self.store = store
         self.timeout = timeout
+        self.user = user
         # Builds in this process that need the same environment wait for one another instead of
         # both running uv; other processes are kept apart by the rename.
         self._locks: dict[str, asyncio.Lock] = {}
@@ -144,7 +148,11 @@ class Environments:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = atomic.temp_beside(final, digest[:12])
             try:
+                await asyncio.to_thread(tmp.mkdir)
+                if self.user is not None:
+                    await asyncio.to_thread(isolation.hand_over, tmp, self.user.uid)
                 packages = await self._create(tmp, requirements, on_line, base)
+                await asyncio.to_thread(isolation.take_back_read_only, tmp)
                 if not await asyncio.to_thread(atomic.rename_into_place, tmp, final, MARKER):
                     packages = await asyncio.to_thread(_read_marker, final) or packages
             finally:
@@ -178,10 +186,22 @@ class Environments:
         # The builder's own settings (the admin token among them) stay out of reach of package
         # builds, which run arbitrary setup code.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIER_")}
-        env.update(NO_COLOR="1", UV_NO_PROGRESS="1")
+        # Bytecode now, while the environment is still being built: published, it is read-only.
+        env.update(NO_COLOR="1", UV_NO_PROGRESS="1", UV_COMPILE_BYTECODE="1")
+        if self.user is not None:
+            # A HOME and a cache of the build uid's own; copies, not hard links to that cache, so
+            # nothing in the published environment shares a file with what the build uid can write.
+            env.update(HOME=str(self.user.home), UV_CACHE_DIR=str(self.user.home / "uv-cache"), UV_LINK_MODE="copy")
         # cwd is the store, not the user's code, so a uv.toml shipped in a source is never picked up.
         try:
-            finished = await run([uv_binary(), *args], on_line, timeout=self.timeout, cwd=self.store.root, env=env)
+            finished = await run(
+                [uv_binary(), *args],
+                on_line,
+                timeout=self.timeout,
+                cwd=self.store.root,
+                env=env,
+                user=self.user.uid if self.user else None,
+            )
         except ProcessTimeout as exc:
             raise BuildError(f"{doing} {exc}") from None
         if finished.returncode != 0:

@@ -19,6 +19,14 @@ class ProcessTimeout(Exception):
         self.limit = limit
 
 
+@dataclass(frozen=True)
+class BuildUser:
+    """Who a build's processes run as when the platform is root: the build uid, with a HOME of its own."""
+
+    uid: int
+    home: Path
+
+
 @dataclass
 class Finished:
     returncode: int
@@ -32,11 +40,13 @@ async def run(
     timeout: float,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    user: int | None = None,
 ) -> Finished:
     """Run `args`, sending each line of stdout and stderr (merged) to `on_line` as it appears.
 
     The child leads its own process group, so a timeout or a cancelled build kills whatever it
-    spawned too (uv runs helpers) instead of leaving them to run on unowned.
+    spawned too (uv runs helpers) instead of leaving them to run on unowned. With `user`, it runs as
+    that uid and gid (the build uid), with no supplementary groups.
     """
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -46,6 +56,8 @@ async def run(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
+        # uvloop (the services' loop) takes no user=/group=: the child switches itself before exec.
+        preexec_fn=_become(user) if user is not None else None,
         limit=1 << 20,  # a user's print of a long line must not break the build log
     )
     assert proc.stdout is not None
@@ -66,6 +78,15 @@ async def run(
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(proc.wait())
     return finished
+
+
+def _become(uid: int) -> Callable[[], None]:
+    def switch() -> None:
+        os.setgroups([])  # none of the platform's supplementary groups
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return switch
 
 
 def _kill_group(pid: int) -> None:

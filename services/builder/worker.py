@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from pier import metrics, tarballs
+from pier import isolation, metrics, tarballs
 from pier.artifacts import ImageManifest, Store
 from pier.bus import Bus
 from pier.config import Settings
@@ -26,6 +27,7 @@ from pier.git import parse_networks, parse_schemes
 from services.builder import atomic, checks, environments, git, images, sources
 from services.builder.environments import Environments
 from services.builder.errors import BuildError
+from services.builder.processes import BuildUser
 
 logger = structlog.get_logger("builder")
 # Served on `pier.metrics.builder`, merged into the api's GET /metrics.
@@ -59,7 +61,18 @@ class Builder:
         self.bus = bus
         self.settings = settings
         self.store = Store(settings.artifacts)
-        self.environments = Environments(self.store, settings.build_timeout)
+        # As root, uv and the import check (the user's code, its packages' setup code) run as the build
+        # uid; otherwise as the platform's user, and every build log says so.
+        self.not_isolated = isolation.not_isolated_reason()
+        self.user: BuildUser | None = None
+        if self.not_isolated is None:
+            isolation.lock_down_home(settings.home, settings.artifacts)
+            self.user = BuildUser(uid=isolation.BUILD_UID, home=isolation.build_home(settings.home))
+            # The build uid runs uv and the interpreter environments are made from: let it reach them.
+            for program in (shutil.which(environments.uv_binary()), sys.executable):
+                if program:
+                    isolation.make_searchable(Path(program))
+        self.environments = Environments(self.store, settings.build_timeout, self.user)
 
     async def sweep(self) -> None:
         """Clear work folders that builders killed mid-build left behind."""
@@ -74,6 +87,8 @@ class Builder:
         await self.bus.publish(BuildStarted(id=cmd.derived_id("started"), model_id=cmd.model_id, version=cmd.version))
         origin = f"git {cmd.git.url}" if cmd.git else f"source {cmd.source[:12]}"
         await say(f"build started from {origin}")
+        if self.not_isolated is not None:
+            await say(f"pier: builds as the platform user: {self.not_isolated}; not isolated")
         log.info("build started", source=cmd.source, git=cmd.git.url if cmd.git else None)
         limit = asyncio.timeout(self.settings.build_timeout)
         began = time.monotonic()
@@ -168,7 +183,7 @@ class Builder:
             await asyncio.to_thread(images.copy_runtime, runtime)
             await say(f"checking that {', '.join(cmd.entrypoint.files())} imports")
             problem = await checks.import_problem(
-                env.python, runtime, code, cmd.entrypoint, self.settings.build_import_timeout, say
+                env.python, runtime, code, cmd.entrypoint, self.settings.build_import_timeout, say, self.user
             )
             if problem:
                 raise BuildError(problem)
@@ -180,6 +195,8 @@ class Builder:
                 entrypoint=cmd.entrypoint,
                 packages=env.packages,
             )
+            # Published the platform's and read-only: an instance reads its image, never changes it.
+            await asyncio.to_thread(isolation.take_back_read_only, work)
             if not await asyncio.to_thread(images.commit, work, self.store.image(digest), manifest):
                 await say(f"image {digest[:12]} was built concurrently; using that one")
             return manifest, built

@@ -19,6 +19,7 @@ from pier.bus import Bus
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
 from pier.harness.http import Request, Response, Server
+from pier.harness.server import SECRET_HEADER
 from pier.spec import Route, SpecError, coerce_query, match_template
 from services.gateway import table as table_module
 from services.gateway.auth import CHALLENGE, Authenticator
@@ -278,6 +279,8 @@ class Gateway:
                 if instance is None:
                     break
                 tried.append(instance.instance_id)
+                # Its own secret: the harness answers nothing else (and a caller's copy never passes).
+                headers[SECRET_HEADER] = instance.secret
                 started = time.perf_counter()
                 try:
                     reply = await self.proxy.forward(

@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 from pier import metrics
 from pier.bus import Bus, kv_update, watch
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RouteRecord
+from pier.harness.server import SECRET_HEADER
 from services.monitor.membership import Membership
 from services.monitor.policy import DEFAULT_POLICY, Action, Policy, ProbeCounter
 
@@ -171,7 +172,7 @@ class Prober:
                 # Another replica probes it; we follow its record and take over if that replica goes.
                 await asyncio.sleep(counter.interval())
                 continue
-            healthy, reason = await self._probe(record.address, policy.timeout)
+            healthy, reason = await self._probe(record, policy.timeout)
             PROBES.inc("healthy" if healthy else "unhealthy")
             action = counter.on_success() if healthy else counter.on_failure()
             if not healthy:
@@ -196,9 +197,10 @@ class Prober:
                     )
             await asyncio.sleep(max(0.0, counter.interval() - (loop.time() - began)))
 
-    async def _probe(self, address: str, timeout: float) -> tuple[bool, str]:
+    async def _probe(self, record: InstanceRecord, timeout: float) -> tuple[bool, str]:
+        url, headers = f"http://{record.address}/health", {SECRET_HEADER: record.secret}
         try:
-            async with asyncio.timeout(timeout), self.session.get(f"http://{address}/health") as response:
+            async with asyncio.timeout(timeout), self.session.get(url, headers=headers) as response:
                 if response.status == 200:
                     return True, ""
                 return False, await _reason(response)

@@ -456,6 +456,7 @@ class Controller:
             address=handle.address,
             node=row["node"],
             gpu_devices=list(row["gpu_devices"]),
+            isolated=handle.uid is not None,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             if inbox_id is not None:
@@ -487,6 +488,7 @@ class Controller:
             address=handle.address,
             node=row["node"],
             gpu_devices=list(row["gpu_devices"]),
+            isolated=handle.uid is not None,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             await self._record_run(conn, instance_id, handle, generation)
@@ -654,6 +656,7 @@ def _record(row: asyncpg.Record, handle: Handle) -> InstanceRecord:
         address=handle.address,
         workers=row["workers"],
         state="starting",
+        secret=handle.secret,
     )
 
 

@@ -23,7 +23,7 @@ from pier import events
 from pier.client import Client
 from pier.config import Settings
 from tests.e2e.conftest import EXAMPLES, TOKEN, pier, running_platform
-from tests.support import until
+from tests.support import instance_headers, until
 
 
 def _client(platform: Platform) -> Client:
@@ -330,6 +330,7 @@ async def test_workers_run_calls_in_parallel_and_slow_calls_never_block_ping(
     client = _client(platform)
     meeting = tmp_path / "meeting"
     meeting.mkdir()
+    meeting.chmod(0o777)  # the instances leave their markers here, as users of their own when we are root
     code = _write(
         tmp_path / "meet",
         {
@@ -408,8 +409,10 @@ async def test_workers_run_calls_in_parallel_and_slow_calls_never_block_ping(
     try:
         await until(lambda: (meeting / "k1.started").exists(), within=20)
         assert (await _call(f"{gateway}/models/holder/latest/ping", method="GET")).status == 200
-        assert (await _call(f"http://{address}/ping", method="GET")).status == 200
-        assert (await _call(f"http://{address}/health", method="GET")).status == 200
+        # Called directly, an instance wants the secret the gateway and the monitor send.
+        secret = instance_headers(platform.settings.home, address)
+        assert (await _call(f"http://{address}/ping", method="GET", headers=secret)).status == 200
+        assert (await _call(f"http://{address}/health", method="GET", headers=secret)).status == 200
         assert not held.done()
     finally:
         (meeting / "k1.release").touch()

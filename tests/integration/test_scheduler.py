@@ -37,7 +37,7 @@ from services.scheduler.controller import OUTBOX_CHANNEL, Controller
 from services.scheduler.inventory import parse
 from services.scheduler.logship import LogShipper
 from services.scheduler.runtimes.local import LocalRuntime, stop_all
-from tests.support import until
+from tests.support import instance_headers, until
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "libs" / "pier"
@@ -178,22 +178,23 @@ async def scheduler_in_process(settings: Settings, gpus: str = "") -> AsyncItera
             await db.close_pool(pool)
 
 
-async def get(session: aiohttp.ClientSession, address: str, path: str) -> int:
+async def get(session: aiohttp.ClientSession, address: str, path: str, home: Path) -> int:
     try:
-        async with session.get(f"http://{address}{path}") as resp:
+        async with session.get(f"http://{address}{path}", headers=instance_headers(home, address)) as resp:
             return resp.status
     except aiohttp.ClientError:
         return 0
 
 
-async def invoke(session: aiohttp.ClientSession, address: str, data: dict[str, Any]) -> Any:
-    async with session.post(f"http://{address}/model", json={"data": data}) as resp:
+async def invoke(session: aiohttp.ClientSession, address: str, data: dict[str, Any], home: Path) -> Any:
+    headers = instance_headers(home, address)
+    async with session.post(f"http://{address}/model", json={"data": data}, headers=headers) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 
 
-async def all_answer(session: aiohttp.ClientSession, records: dict[str, InstanceRecord]) -> bool:
-    statuses = [await get(session, r.address, "/ping") for r in records.values()]
+async def all_answer(session: aiohttp.ClientSession, records: dict[str, InstanceRecord], home: Path) -> bool:
+    statuses = [await get(session, r.address, "/ping", home) for r in records.values()]
     return all(s == 200 for s in statuses)
 
 
@@ -205,8 +206,8 @@ async def test_place_starts_instances_that_answer_and_a_repeat_starts_nothing(se
         records = await until(lambda: _at_least(s.records(), 2), within=30)
         assert {r.state for r in records.values()} == {"starting"}
         assert all(key.startswith("01234567-v1-") for key in records)
-        await until(lambda: all_answer(http, records), within=30)
-        body = await invoke(http, next(iter(records.values())).address, {"x": 21})
+        await until(lambda: all_answer(http, records, settings.home), within=30)
+        body = await invoke(http, next(iter(records.values())).address, {"x": 21}, settings.home)
         assert body["result"]["doubled"] == 42
         assert body["release"] == {"model_version": "v1-id", "model_version_number": 1}
 
@@ -258,8 +259,8 @@ async def test_restart_gives_a_clean_work_dir_and_a_new_port(settings: Settings)
     async with scheduler_in_process(settings) as s, aiohttp.ClientSession() as http:
         await s.bus.publish(place(image))
         (instance_id, record), *_ = (await until(lambda: _at_least(s.records(), 1), within=30)).items()
-        await until(lambda: all_answer(http, {instance_id: record}), within=30)
-        body = await invoke(http, record.address, {"write": "scratch.txt"})
+        await until(lambda: all_answer(http, {instance_id: record}, settings.home), within=30)
+        body = await invoke(http, record.address, {"write": "scratch.txt"}, settings.home)
         assert "scratch.txt" in body["result"]["files"]
 
         await s.bus.publish(RestartInstance(instance_id=instance_id, reason="unhealthy"))
@@ -268,11 +269,11 @@ async def test_restart_gives_a_clean_work_dir_and_a_new_port(settings: Settings)
         assert restarted.instance_id == instance_id and restarted.address != record.address
         assert [e.reason for e in s.watch.of(InstanceStopped)] == ["restarting: unhealthy"]
         assert (await s.records())[instance_id].address == restarted.address
-        await until(lambda: get(http, restarted.address, "/ping"), within=30)
-        body = await invoke(http, restarted.address, {"x": 1})
+        await until(lambda: get(http, restarted.address, "/ping", settings.home), within=30)
+        body = await invoke(http, restarted.address, {"x": 1}, settings.home)
         assert "scratch.txt" not in body["result"]["files"]
         assert not (settings.home / "instances" / instance_id / "work" / "scratch.txt").exists()
-        assert not await get(http, record.address, "/ping")
+        assert not await get(http, record.address, "/ping", settings.home)
 
 
 async def test_instance_that_exits_is_reported_with_its_last_log_line(settings: Settings) -> None:
@@ -312,7 +313,7 @@ async def test_a_new_scheduler_adopts_live_instances_after_kill_9(settings: Sett
             await until(lambda: len(watch.of(InstanceStarted)) == 2, within=30)
             started = {e.instance_id: e.address for e in watch.of(InstanceStarted)}
             records = {i: InstanceRecord(instance_id=i, model_id="m", version=1, address=a) for i, a in started.items()}
-            await until(lambda: all_answer(http, records), within=30)
+            await until(lambda: all_answer(http, records, settings.home), within=30)
             await until(lambda: sum("harness: serving" in line for line in watch.lines()) == 2)
             pids = _pids(settings, started)
 
@@ -331,7 +332,7 @@ async def test_a_new_scheduler_adopts_live_instances_after_kill_9(settings: Sett
             assert _pids(settings, started)[alive] == pids[alive]
             kv = await b.kv(events.INSTANCES_BUCKET)
             assert msgspec.json.decode((await kv.get(alive)).value, type=InstanceRecord).address == started[alive]
-            assert await get(http, started[alive], "/ping") == 200
+            assert await get(http, started[alive], "/ping", settings.home) == 200
             # The adopted instance's log was not shipped a second time.
             await until(lambda: sum("harness: serving" in line for line in watch.lines()) == 3)
             assert sum("model module imported" in line for line in watch.lines()) == 3

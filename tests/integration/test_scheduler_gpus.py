@@ -89,8 +89,8 @@ async def test_second_model_waits_until_the_first_stops_then_gets_its_gpus(setti
         started = await until(lambda: of_model(s.watch.of(InstanceStarted), "bbbbbbbb00000002"), within=30)
         assert started[0].gpu_devices in (["0"], ["1"])
         record = {started[0].instance_id: started[0]}
-        await until(lambda: all_answer(http, record), within=30)
-        body = await invoke(http, started[0].address, {})
+        await until(lambda: all_answer(http, record, settings.home), within=30)
+        body = await invoke(http, started[0].address, {}, settings.home)
         assert body["result"]["cuda"] == started[0].gpu_devices[0]
         # The first one's run was metered: 2 GPUs for as long as it ran.
         usage = await until(lambda: of_model(s.watch.of(UsageRecorded), "aaaaaaaa00000001"), within=30)

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from pier.harness.loader import Functions, argument_problems
-from pier.harness.server import Harness, encode_result, serve_harness
+from pier.harness.server import SECRET_HEADER, Harness, encode_result, serve_harness
 from pier.spec import Entrypoint, Param, Route
 
 CODE = """
@@ -86,9 +86,11 @@ async def serve(code_dir: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start a harness on a free port; the answer is an HTTP client of it (paths relative to it)."""
     started: list[tuple[Any, aiohttp.ClientSession]] = []
 
-    async def start(entrypoint: Entrypoint, timeout: float = 10.0, max_body: int = 1024) -> aiohttp.ClientSession:
+    async def start(
+        entrypoint: Entrypoint, timeout: float = 10.0, max_body: int = 1024, secret: str = ""
+    ) -> aiohttp.ClientSession:
         functions = Functions(code_dir, entrypoint)
-        harness = Harness(functions, entrypoint, 1, timeout, "v-id", 3)
+        harness = Harness(functions, entrypoint, 1, timeout, "v-id", 3, secret=secret)
         server = await serve_harness(harness, max_body, port=0)
         client = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{server.port}")
         started.append((server, client))
@@ -333,3 +335,15 @@ async def test_a_routes_only_entrypoint_serves_its_routes_and_has_no_model_endpo
     assert (await (await client.get("/imports")).json())["result"] == 1
     assert (await client.post("/model", json={"data": {}})).status == 404
     assert (await client.get("/health")).status == 200
+
+
+async def test_a_harness_with_a_secret_answers_only_callers_that_send_it(serve: Callable[..., Any]) -> None:
+    client = await serve(_entrypoint(), secret="s3cret")
+    for headers in ({}, {SECRET_HEADER: "wrong"}, {SECRET_HEADER: "s3cre"}):
+        for method, path in (("GET", "/ping"), ("GET", "/health"), ("POST", "/model")):
+            response = await client.request(method, path, json={"data": {"x": 1, "y": 2}}, headers=headers)
+            assert response.status == 403, (headers, path)
+            assert (await response.json())["error"]["type"] == "Forbidden"
+    allowed = await client.post("/model", json={"data": {"x": 1, "y": 2}}, headers={SECRET_HEADER: "s3cret"})
+    assert allowed.status == 200 and (await allowed.json())["result"] == {"sum": 3}
+    assert (await client.get("/ping", headers={SECRET_HEADER: "s3cret"})).status == 200

@@ -35,7 +35,8 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
     print(f"  runs on:   {model.get('instances')} instance(s), {gpus}{quota}")
     print(f"  url:       {model['url']}")
     for inst in model["running_instances"]:
-        print(f"  instance   {inst['instance_id']}  v{inst['version']}  {inst['state']}  {inst['address']}")
+        isolation = {True: "", False: "  not isolated (runs as the platform user)"}.get(inst.get("isolated"), "")
+        print(f"  instance   {inst['instance_id']}  v{inst['version']}  {inst['state']}  {inst['address']}{isolation}")
     return 0
 
 

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import concurrent.futures.process
 import contextlib
+import hmac
 import inspect
 import multiprocessing
 import os
@@ -34,6 +35,9 @@ from pier.harness.loader import Functions, LoadError, argument_problems
 from pier.spec import Entrypoint, Route, SpecError, coerce_query, match_template
 
 _functions: Functions | None = None  # set before workers fork, so they inherit the loaded modules
+# The header the gateway and the monitor send with the instance's secret (PIER_INSTANCE_SECRET).
+SECRET_HEADER = "X-Pier-Instance-Secret"
+_SECRET_KEY = SECRET_HEADER.lower()  # as the lean server hands header names over
 
 
 class Failure(msgspec.Struct, frozen=True):
@@ -159,8 +163,11 @@ class Harness:
         request_timeout: float,
         version_id: str,
         version_number: int,
+        secret: str = "",
     ) -> None:
         self.functions = functions
+        # When set, a call without it is refused: only the gateway and the monitor know it.
+        self.secret = secret.encode()
         self.entrypoint = entrypoint
         self.timeout = request_timeout
         self.release = {"model_version": version_id, "model_version_number": version_number}
@@ -235,6 +242,8 @@ class Harness:
 
     async def handle(self, request: Request) -> Response:
         """Every request: `/ping`, `/health`, `/model` and the user's routes."""
+        if self.secret and not hmac.compare_digest(request.headers.get(_SECRET_KEY, "").encode("latin-1"), self.secret):
+            return _refusal(request, 403, "Forbidden", "instances answer only the gateway; call the model through it")
         by_verb = self.routes.get(request.path)
         if by_verb is None:
             return _refusal(request, 404, "NotFound", "Not Found")
@@ -449,6 +458,8 @@ async def _serve_until_stopped(harness: Harness, max_body: int, port: int) -> No
 def main() -> None:
     global _functions
     env = os.environ
+    # Out of the environment before the model code loads, so nothing it spawns inherits it.
+    secret = env.pop("PIER_INSTANCE_SECRET", "")
     code_dir = Path(env.get("PIER_WORKING_DIR", ".")).absolute()
     entrypoint = msgspec.json.decode(env["PIER_ENTRYPOINT"], type=Entrypoint)
     os.chdir(code_dir)
@@ -470,6 +481,7 @@ def main() -> None:
         request_timeout=float(env.get("PIER_REQUEST_TIMEOUT", "60")),
         version_id=env.get("PIER_MODEL_VERSION_ID", ""),
         version_number=int(env.get("PIER_MODEL_VERSION_NUMBER", "0")),
+        secret=secret,
     )
     port = int(env.get("PIER_PORT", "0"))
     print(f"harness: serving on 127.0.0.1:{port}", flush=True)

@@ -4,12 +4,15 @@ Layout under `<home>/instances/<instance_id>/`:
 
     work/          a fresh copy of the image's code/ for each run (nothing a run writes survives it)
     instance.log   stdout and stderr of every run, appended
-    pid            JSON {pid, start_time, port} of the current run
+    pid            JSON {pid, start_time, port, uid, secret} of the current run (the platform's only)
 
 A process is identified by its pid *and* its start time (field 22 of /proc/<pid>/stat, in clock
 ticks since boot), so a pid the kernel has recycled for some other program is never adopted or
 signalled. Instances run with `start_new_session=True`: they outlive a scheduler crash, and the
 session's process group lets one signal reach the harness's worker processes too.
+
+As root, each run is a user of its own (see pier/isolation.py); its harness answers only callers that
+send the run's secret, which the scheduler hands to the gateway and the monitor in the KV record.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import asyncio
 import contextlib
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import msgspec
 import structlog
 
+from pier import isolation
 from pier.artifacts import Store
 from pier.config import Settings
 from pier.spec import Entrypoint
@@ -64,6 +70,10 @@ class Handle(msgspec.Struct, kw_only=True, frozen=True):
     pid: int
     start_time: int
     port: int
+    # The run's own uid (and gid) when it is isolated; None when it runs as the platform's user.
+    uid: int | None = None
+    # What the harness wants in the X-Pier-Instance-Secret header of every call.
+    secret: str = ""
 
     @property
     def address(self) -> str:
@@ -121,8 +131,13 @@ class LocalRuntime:
         except OSError as exc:
             raise StartError(f"could not prepare the work dir from image {spec.image}: {exc}") from exc
         port = _free_port()
+        secret = secrets.token_urlsafe(32)
+        uid, why_not = await asyncio.to_thread(self._isolate, spec.instance_id, work, Path(manifest.python))
+        self.note(spec.instance_id, f"pier: runs as uid {uid}, gid {uid}" if uid is not None else why_not)
         env = {
             **_base_env(),
+            # Its own home, so nothing (a cache, a config) is written where another run could read it.
+            "HOME": str(work),
             "PYTHONPATH": str(image_dir / "runtime"),
             "PYTHONUNBUFFERED": "1",
             "PIER_WORKING_DIR": str(work),
@@ -133,13 +148,17 @@ class LocalRuntime:
             "PIER_MODEL_VERSION_ID": spec.version_id,
             "PIER_MODEL_VERSION_NUMBER": str(spec.version),
             "PIER_INSTANCE_ID": spec.instance_id,
+            "PIER_INSTANCE_SECRET": secret,
             "PIER_MAX_BODY_BYTES": str(self.settings.max_body_bytes),
             "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_devices),
         }
         argv = [manifest.python, "-m", "pier.harness"]
         self.note(spec.instance_id, _describe_limits(spec))
         try:
-            proc = await asyncio.to_thread(_spawn, argv, env, work, self.log_path(spec.instance_id))
+            # Without cgroups, memory is limited per process with RLIMIT_AS, set in the child before it
+            # runs: another uid's limits cannot be changed from outside without CAP_SYS_RESOURCE.
+            limit = spec.memory if spec.memory > 0 and cgroup_dir() is None else 0
+            proc = await asyncio.to_thread(_spawn, argv, env, work, self.log_path(spec.instance_id), uid, limit)
         except OSError as exc:
             raise StartError(f"could not run {manifest.python}: {exc}") from exc
         start_time = _stat(proc.pid)
@@ -148,11 +167,24 @@ class LocalRuntime:
         if spec.cpu > 0 or spec.memory > 0:
             how = await asyncio.to_thread(apply_quota, proc.pid, spec)
             self.note(spec.instance_id, f"pier: quota {spec.quota or 'custom'} applied with {how}")
-        handle = Handle(pid=proc.pid, start_time=start_time.start_time, port=port)
+        handle = Handle(pid=proc.pid, start_time=start_time.start_time, port=port, uid=uid, secret=secret)
         self._children[spec.instance_id] = proc
         _write_pid_file(directory / "pid", handle)
         log.info("instance started", instance_id=spec.instance_id, pid=proc.pid, port=port)
         return handle
+
+    def _isolate(self, instance_id: str, work: Path, python: Path) -> tuple[int | None, str]:
+        """The uid the run gets, with its work dir made its own; or None and the log line saying why
+        not. Blocking."""
+        reason = isolation.not_isolated_reason()
+        if reason is not None:
+            return None, f"pier: runs as the platform user: {reason}; not isolated"
+        isolation.lock_down_home(self.home, self.store.root)
+        isolation.make_searchable(python)
+        taken = [h.uid for h in map(_read_pid_file, instances_root(self.home).glob("*/pid")) if h and h.uid]
+        uid = isolation.instance_uid(instance_id, taken)
+        isolation.own_work_dir(work, uid)
+        return uid, ""
 
     def find(self, instance_id: str) -> Handle | None:
         """The live run of an instance, from its pid file, or None when there is none."""
@@ -189,9 +221,7 @@ class LocalRuntime:
 
     def note(self, instance_id: str, line: str) -> None:
         """A line from the platform in the instance's log, where the user reads why."""
-        path = self.log_path(instance_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as out:
+        with _open_log(self.log_path(instance_id), "a") as out:
             out.write(line + "\n")
 
     def disk_usage(self, instance_id: str) -> int:
@@ -259,9 +289,7 @@ def apply_quota(pid: int, spec: InstanceSpec) -> str:
         cpus = {available[(offset + k) % len(available)] for k in range(want)}
         with contextlib.suppress(OSError):
             os.sched_setaffinity(pid, cpus)
-    if spec.memory > 0:
-        with contextlib.suppress(OSError, ValueError):
-            resource.prlimit(pid, resource.RLIMIT_AS, (spec.memory, spec.memory))
+    # The memory limit is the RLIMIT_AS `_spawn` set in the child already.
     return "CPU affinity and rlimits (cgroups v2 not available)"
 
 
@@ -397,8 +425,22 @@ def _stop_recorded(directory: Path, timeout: float) -> bool:
     return was_alive
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as out:
+def _open_log(path: Path, mode: str) -> IO[Any]:
+    """The instance log, created the platform's alone: the run writes to it only through the fd it is
+    handed, and another instance cannot read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o711)  # the run passes through to its work dir; nobody lists the folder
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, mode)
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, uid: int | None, memory_limit: int = 0
+) -> subprocess.Popen[bytes]:
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    with _open_log(log_path, "ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting {' '.join(argv)}\n".encode())
         out.flush()
         return subprocess.Popen(
@@ -409,16 +451,21 @@ def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> s
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # No passwd entry is needed to become a uid as root; no supplementary groups (root's) kept.
+            user=uid,
+            group=uid,
+            extra_groups=[] if uid is not None else None,
+            umask=0o077,
+            preexec_fn=limit_memory if memory_limit else None,
         )
 
 
 def _base_env() -> dict[str, str]:
     """The little of the scheduler's environment an instance should see: no PIER_* settings
-    (they hold the database URL and the admin token), no virtualenv of the platform."""
+    (they hold the database URL and the admin token), no virtualenv of the platform, not the
+    platform user's HOME or USER (the run gets its own)."""
     keep = (
         "PATH",
-        "HOME",
-        "USER",
         "LANG",
         "LC_ALL",
         "TZ",
@@ -444,7 +491,10 @@ def _free_port() -> int:
 
 def _write_pid_file(path: Path, handle: Handle) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.encode(handle))
+    # It holds the run's secret: the platform's alone.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(msgspec.json.encode(handle))
     tmp.replace(path)
 
 
