@@ -188,6 +188,7 @@ def _check_ports(settings: Settings, nats_port: int, pg_port: int) -> None:
     for host, port, variable in (
         (settings.api_host, settings.api_port, "PIER_API_PORT"),
         (settings.gateway_host, settings.gateway_port, "PIER_GATEWAY_PORT"),
+        (settings.gateway_metrics_host, settings.gateway_metrics_port, "PIER_GATEWAY_METRICS_PORT"),
         ("127.0.0.1", nats_port, "PIER_NATS_URL"),
         ("127.0.0.1", pg_port, "PIER_DATABASE_URL"),
     ):

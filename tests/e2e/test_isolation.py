@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import msgspec
 import pytest
@@ -21,7 +22,30 @@ from tests.e2e.conftest import TOKEN, pier
 DOOR_TRIER = """
 import os
 import pathlib
+import socket
+import struct
 import urllib.request
+
+
+def _postgres(port):
+    # A startup message as the superuser; AuthenticationOk (R, 0) means the door is open.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        body = struct.pack("!I", 196608) + b"user\0postgres\0database\0postgres\0\0"
+        s.sendall(struct.pack("!I", len(body) + 4) + body)
+        kind, _, code = struct.unpack("!cII", s.recv(9))
+        if kind == b"R" and code == 0:
+            return "logged in without a password"
+        raise PermissionError(f"PostgreSQL asked for authentication (message {kind!r}, code {code})")
+
+
+def _nats(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.recv(4096)  # INFO
+        s.sendall(b'CONNECT {"verbose": false}\r\nPING\r\n')
+        answer = s.recv(4096)
+        if answer.startswith(b"PONG"):
+            return "connected without credentials"
+        raise PermissionError(f"NATS refused: {answer.strip().decode()}")
 
 
 def _attempt(kind, target):
@@ -31,6 +55,10 @@ def _attempt(kind, target):
         return os.listdir(target)
     if kind == "write":
         return pathlib.Path(target).write_text("written by another model API")
+    if kind == "postgres":
+        return _postgres(int(target))
+    if kind == "nats":
+        return _nats(int(target))
     if kind == "call":
         return urllib.request.urlopen(target, data=b'{"data": {}}', timeout=10).read()[:60]
     raise ValueError(kind)
@@ -109,12 +137,17 @@ async def test_model_code_finds_every_door_out_of_its_instance_closed(platform: 
         "other image": ("write", str(store.image(_image(victim)) / "code" / "predict.py")),
         "shared environment": ("write", str(store.env(manifest.env_hash) / "pyvenv.cfg")),
         "other harness without the secret": ("call", f"http://{other['address']}/model"),
+        "postgres as its superuser": ("postgres", str(urlparse(platform.settings.database_url).port)),
+        "nats without credentials": ("nats", str(urlparse(platform.settings.nats_url).port)),
     }
     outcome = _client(platform).call("trier", data={"doors": doors})["result"]
     uid, gid, groups, work_home = outcome.pop("whoami")
 
     harness = outcome.pop("other harness without the secret")
     assert harness.startswith("closed: HTTPError: HTTP Error 403"), harness
+    # The servers' own doors hold for any user: both need credentials no instance is given.
+    for server in ("postgres as its superuser", "nats without credentials"):
+        assert outcome.pop(server).startswith("closed: PermissionError"), server
     if os.geteuid() != 0:
         # The rest needs a user of its own: as the platform's user these doors are its own.
         assert own["isolated"] is False and other["isolated"] is False
@@ -147,8 +180,3 @@ def test_each_instance_runs_as_a_user_of_its_own_and_pier_show_says_so(platform:
     assert len(uids) == 2
     shown = pier(platform, "show", "pair")
     assert shown.returncode == 0 and "not isolated" not in shown.stdout, shown.stdout
-
-
-@pytest.mark.skip(reason="the PostgreSQL password and the NATS credentials are the infra change's; their doors go here")
-def test_model_code_cannot_reach_postgres_or_nats() -> None:
-    """Connect to PostgreSQL as its superuser, publish on the bus, rewrite pier_routes or pier_tokens."""

@@ -75,6 +75,7 @@ class MakeUp:
             "PIER_HOME": str(self.home),
             "PIER_API_PORT": str(free_port()),
             "PIER_GATEWAY_PORT": str(free_port()),
+            "PIER_GATEWAY_METRICS_PORT": str(free_port()),
             "PIER_NATS_URL": f"nats://127.0.0.1:{free_port()}",
             "PIER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/pier",
             "PIER_ACK_WAIT": "3",
@@ -280,7 +281,10 @@ def test_instances_get_no_credentials_and_clients_without_them_are_refused(make_
     make_up.assert_nothing_left()
 
 
-@pytest.mark.parametrize("variable", ["PIER_API_PORT", "PIER_GATEWAY_PORT", "PIER_NATS_URL", "PIER_DATABASE_URL"])
+@pytest.mark.parametrize(
+    "variable",
+    ["PIER_API_PORT", "PIER_GATEWAY_PORT", "PIER_GATEWAY_METRICS_PORT", "PIER_NATS_URL", "PIER_DATABASE_URL"],
+)
 def test_a_port_already_taken_stops_make_up_at_once_naming_the_port_and_the_variable(
     make_up: MakeUp, variable: str
 ) -> None:
