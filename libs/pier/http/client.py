@@ -3,6 +3,14 @@
 Kept apart from routing so the transport can be swapped without touching the rest: the
 gateway only sees `Proxy.forward` and the three ways it can fail.
 
+What an instance answers is checked before any of it is passed on: a status line `HTTP/1.x`
+with a three-digit status 100-599, header lines ended by CRLF (a bare CR or LF, a NUL, a folded
+line or a malformed name is a protocol error, so a model cannot add headers to the gateway's
+answer), one non-negative Content-Length or `Transfer-Encoding: chunked` (never both), the head
+within `Limits.max_response_head`. 1xx answers are skipped; chunked bodies are parsed as they
+arrive, each byte looked at once. What the gateway writes is checked too: a CR, LF or NUL in a
+header name or value it would send raises `InvalidHeader` and nothing is sent.
+
 Why not aiohttp's client: profiling showed its per-request machinery (timers, response objects,
 header multidicts, the connector's bookkeeping) as the gateway's largest cost. The harness always
 answers with a Content-Length (or chunked) body, so a client that writes requests and parses
@@ -19,6 +27,7 @@ given up (timeout, the client left) leaves its place in line; its answer is read
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import deque
@@ -27,6 +36,8 @@ from types import TracebackType
 from typing import cast
 
 import msgspec
+
+from pier.http.limits import Limits
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -47,6 +58,14 @@ class UpstreamFailed(Exception):
     """The instance broke the exchange after the request may have reached it."""
 
 
+class InvalidHeader(ValueError):
+    """A header the gateway would write holds CR, LF or NUL: nothing is sent."""
+
+
+class _Invalid(Exception):
+    """The instance's answer is not valid HTTP/1.1: the connection cannot be trusted past it."""
+
+
 class _Closed(Exception):
     """A pooled connection was closed by the instance before any byte of the answer came."""
 
@@ -60,18 +79,35 @@ def _expire(reply: asyncio.Future[Reply]) -> None:
         reply.set_exception(_Expired())
 
 
+# The states of reading one answer.
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS = range(6)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})(;[^\r\n\0]*)?")
+_LENGTH = re.compile(rb"[0-9]{1,18}")
+# A chunk-size line (with extensions) longer than this is refused.
+_CHUNK_LINE = 4096
+
+
+def _lines_are_clean(text: bytes, lines: int) -> bool:
+    """Every CR and LF in `text` is one of its `lines` CRLFs, and there is no NUL."""
+    return text.count(b"\n") == lines and text.count(b"\r") == lines and b"\0" not in text
+
+
 class _Connection(asyncio.Protocol):
     __slots__ = (
-        "_body_start",
         "_buffer",
         "_chunked",
         "_close_after",
         "_content_type",
         "_flushing",
         "_got_bytes",
-        "_length",
+        "_left",
         "_loop",
+        "_max_head",
         "_outgoing",
+        "_parts",
+        "_scan",
+        "_state",
         "_status",
         "answered",
         "closed",
@@ -81,8 +117,9 @@ class _Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_head: int) -> None:
         self._loop = loop
+        self._max_head = max_head
         self.transport: asyncio.Transport | None = None
         # Answers awaited, oldest first; a future already done was given up by its caller.
         self.pending: deque[asyncio.Future[Reply]] = deque()
@@ -94,15 +131,17 @@ class _Connection(asyncio.Protocol):
         self._flushing = False
         self._got_bytes = False  # of the oldest pending answer
         self._buffer = bytearray()
+        self._scan = 0  # where to look for the end of the head next: bytes before it were looked at
         self._reset()
 
     def _reset(self) -> None:
+        self._state = _HEAD
         self._status = 0
-        self._length = -1
-        self._body_start = -1
+        self._left = 0  # body bytes (or this chunk's) still to come; head bytes, then trailer bytes, allowed
         self._chunked = False
         self._close_after = False
         self._content_type: str | None = None
+        self._parts: list[bytes] = []
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -161,33 +200,22 @@ class _Connection(asyncio.Protocol):
             first = False
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self._buffer += data
         self._got_bytes = True
-        while self._buffer:
-            if self._body_start < 0 and not self._parse_head():
-                return
-            if self._chunked:
-                done = self._dechunk()
-                if done is None:
-                    return
-                body, end = done
-            else:
-                end = self._body_start + self._length
-                if len(self._buffer) < end:
-                    return
-                body = bytes(self._buffer[self._body_start : end])
-            del self._buffer[:end]
-            status, content_type, close_after = self._status, self._content_type, self._close_after
-            self._reset()
-            self._got_bytes = bool(self._buffer)
-            self.answered += 1
-            if self.pending:
+        try:
+            self._parse()
+        except _Invalid as exc:
+            # The oldest answer is the broken one; those after it may have reached the instance,
+            # so they fail too (connection_lost), and none is retried.
+            while self.pending:
                 reply = self.pending.popleft()
                 if not reply.done():
-                    reply.set_result(Reply(status, body, content_type))
-            if close_after:
-                self.close()
-                return
+                    reply.set_exception(UpstreamFailed(f"the instance's answer is not valid HTTP/1.1: {exc}"))
+                    break
+            self.close()
+            return
         if not self.pending:
             self.idle_since = time.monotonic()
             if self.draining:
@@ -195,51 +223,144 @@ class _Connection(asyncio.Protocol):
 
     # ---- parsing -----------------------------------------------------------------------------
 
-    def _parse_head(self) -> bool:
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return False
-        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        self._status = int(parts[1])
-        self._length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                self._length = int(value)
-            elif name == "content-type":
-                self._content_type = value.strip()
-            elif name == "transfer-encoding" and "chunked" in value.lower():
-                self._chunked = True
-            elif name == "connection" and value.strip().lower() == "close":
-                self._close_after = True
-        self._body_start = end + 4
-        return True
+    def _parse(self) -> None:
+        """Read as far as the buffer goes; each byte is looked at once, and consumed bytes leave
+        the front of the buffer (O(1) for a bytearray)."""
+        buf = self._buffer
+        while buf and not self.closed:
+            state = self._state
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n", self._scan)
+                if end < 0:
+                    if len(buf) > self._max_head:
+                        raise _Invalid(f"the status line and headers are over {self._max_head} bytes")
+                    self._scan = max(0, len(buf) - 3)
+                    return
+                if end + 4 > self._max_head:
+                    raise _Invalid(f"the status line and headers are over {self._max_head} bytes")
+                head = bytes(buf[:end])
+                del buf[: end + 4]
+                self._scan = 0
+                self._head(head)
+            elif state == _BODY:
+                if len(buf) < self._left:
+                    return
+                body = bytes(buf[: self._left])
+                del buf[: self._left]
+                self._complete(body)
+            elif state == _CHUNK_SIZE:
+                end = buf.find(b"\r\n", 0, _CHUNK_LINE)
+                if end < 0:
+                    if len(buf) >= _CHUNK_LINE:
+                        raise _Invalid("a chunk-size line is too long")
+                    return
+                match = _CHUNK.fullmatch(buf, 0, end)
+                if match is None:
+                    raise _Invalid(f"bad chunk size {bytes(buf[:end])[:40]!r}")
+                self._left = int(match.group(1), 16)
+                del buf[: end + 2]
+                self._state = _CHUNK_DATA if self._left else _TRAILERS
+                if not self._left:
+                    self._left = self._max_head  # trailer bytes allowed
+            elif state == _CHUNK_DATA:
+                take = min(len(buf), self._left)
+                self._parts.append(bytes(buf[:take]))
+                del buf[:take]
+                self._left -= take
+                if self._left:
+                    return
+                self._state = _CHUNK_END
+            elif state == _CHUNK_END:
+                if len(buf) < 2:
+                    return
+                if buf[:2] != b"\r\n":
+                    raise _Invalid("a chunk does not end with CRLF")
+                del buf[:2]
+                self._state = _CHUNK_SIZE
+            else:  # _TRAILERS: lines until an empty one; read and dropped
+                end = buf.find(b"\r\n")
+                if end < 0 or end + 2 > self._left:
+                    if len(buf) > self._left:
+                        raise _Invalid(f"the trailers are over {self._max_head} bytes")
+                    return
+                if not _lines_are_clean(bytes(buf[:end]), 0):
+                    raise _Invalid("a trailer holds a bare CR, LF or NUL")
+                del buf[: end + 2]
+                self._left -= end + 2
+                if end == 0:
+                    self._complete(b"".join(self._parts))
 
-    def _dechunk(self) -> tuple[bytes, int] | None:
-        """The whole body and where its message ends, once every chunk is in; else None."""
-        body = bytearray()
-        at = self._body_start
-        while True:
-            line_end = self._buffer.find(b"\r\n", at)
-            if line_end < 0:
-                return None
-            size = int(bytes(self._buffer[at:line_end]).split(b";")[0], 16)
-            start = line_end + 2
-            if size == 0:
-                trailer_end = self._buffer.find(b"\r\n", start)
-                if trailer_end < 0:
-                    return None
-                return bytes(body), trailer_end + 2
-            if len(self._buffer) < start + size + 2:
-                return None
-            body += self._buffer[start : start + size]
-            at = start + size + 2
+    def _head(self, head: bytes) -> None:
+        """Check a status line and headers, and set how the body is framed."""
+        lines = head.split(b"\r\n")
+        if not _lines_are_clean(head, len(lines) - 1):
+            raise _Invalid("a header line holds a bare CR or LF, or a NUL")
+        version, _, rest = lines[0].partition(b" ")
+        code = rest[:3]
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not (len(rest) == 3 or rest[3:4] == b" "):
+            raise _Invalid(f"bad status line {lines[0][:60]!r}")
+        if not (code.isdigit() and 100 <= int(code) <= 599):
+            raise _Invalid(f"the status {code.decode('latin-1')!r} is not a number 100-599")
+        status = int(code)
+        length = -1
+        chunked = False
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or _TOKEN.fullmatch(name) is None:
+                raise _Invalid(f"bad header line {line[:60]!r}")
+            name = name.lower()
+            value = value.strip(b" \t")
+            if name == b"content-length":
+                if length >= 0:
+                    raise _Invalid("Content-Length is given more than once")
+                if _LENGTH.fullmatch(value) is None:
+                    raise _Invalid(f"Content-Length {value[:40]!r} is not a non-negative integer")
+                length = int(value)
+            elif name == b"content-type":
+                self._content_type = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                if value.lower() != b"chunked" or chunked:
+                    raise _Invalid(f"Transfer-Encoding {value[:40]!r}: only one 'chunked' is understood")
+                chunked = True
+            elif name == b"connection" and b"close" in (token.strip() for token in value.lower().split(b",")):
+                self._close_after = True
+        if status < 200:
+            if status == 101:
+                raise _Invalid("the instance switched protocols")
+            self._reset()  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            return
+        if chunked and length >= 0:
+            raise _Invalid("both Content-Length and Transfer-Encoding")
+        self._status = status
+        if status in (204, 304):
+            self._complete(b"")
+        elif chunked:
+            self._chunked = True
+            self._state = _CHUNK_SIZE
+        elif length < 0:
+            raise _Invalid("the answer has neither Content-Length nor Transfer-Encoding: chunked")
+        elif length == 0:
+            self._complete(b"")
+        else:
+            self._left = length
+            self._state = _BODY
+
+    def _complete(self, body: bytes) -> None:
+        status, content_type, close_after = self._status, self._content_type, self._close_after
+        self._reset()
+        self._got_bytes = bool(self._buffer)
+        self.answered += 1
+        if self.pending:
+            reply = self.pending.popleft()
+            if not reply.done():
+                reply.set_result(Reply(status, body, content_type))
+        if close_after:
+            self.close()
 
 
 class Proxy:
-    def __init__(self, keepalive_timeout: float = 15.0) -> None:
+    def __init__(self, limits: Limits | None = None, keepalive_timeout: float = 15.0) -> None:
+        self._limits = limits or Limits()
         # Fewer seconds than the harness's own keep-alive (75 s), so the gateway closes idle
         # connections first and never sends on one the instance is closing.
         self._keepalive_timeout = keepalive_timeout
@@ -262,8 +383,13 @@ class Proxy:
         loop = self._loop
         assert loop is not None, "use Proxy as an async context manager"
         host, _, port = address.rpartition(":")
+        max_head = self._limits.max_response_head
+        timeout = self._limits.connect_timeout
         try:
-            _, conn = await loop.create_connection(lambda: _Connection(loop), host, int(port))
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(loop, max_head), host, int(port))
+        except TimeoutError:
+            raise Unreachable(f"{address}: no connection within {timeout:g} s") from None
         except OSError as exc:
             raise Unreachable(f"{address}: {exc}") from exc
         return conn
@@ -308,7 +434,12 @@ class Proxy:
         for name, value in headers.items():
             head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
-        request = "".join(head).encode("latin-1") + body
+        text = "".join(head)
+        lines = len(headers) + 4
+        # One count of each over the whole head, not a check per value: cheaper on every call.
+        if text.count("\n") != lines or text.count("\r") != lines or "\0" in text or " " in target:
+            raise InvalidHeader(f"{method} {target!r}: a header or the target holds CR, LF, NUL or a space")
+        request = text.encode("latin-1") + body
         assert self._loop is not None, "use Proxy as an async context manager"
         conn = self._choose(address, connections)
         # A connection the instance closed while idle answers nothing: one fresh try is safe.
