@@ -39,6 +39,10 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 # checked between, so each is exceeded by at most this much before the server acts.
 _STEP = 8 * 1024
 _ENCODED_SLASH = re.compile("%2[fF]")
+# Seconds a connection closed after an answer keeps reading (and dropping) what the client still
+# sends: closing with unread bytes makes the kernel reset the connection, and the client loses the
+# answer (a 431 to a client still sending its headers). nginx's lingering close, shorter.
+_LINGER = 1.0
 
 
 def decode_path(raw: str) -> str:
@@ -179,9 +183,8 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         if len(self.server.connections) >= self.limits.max_connections:
             # Past the cap: answer at once and close, so the file descriptor is free again at once.
-            self.closing = self.done = True
             self.transport.write(encode(self.server.errors(None, 503), keep_alive=False))
-            self.transport.close()
+            self._linger()
             return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -392,8 +395,7 @@ class _Connection(asyncio.Protocol):
             return
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         if close:
-            self.closing = self.done = True
-            transport.close()
+            self._linger()
             return
         if not slots:
             self.idle_since = self.loop.time()
@@ -402,6 +404,21 @@ class _Connection(asyncio.Protocol):
                 transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.held is not None and len(slots) < self.limits.max_pipeline:
             self._resume()
+
+    def _linger(self) -> None:
+        """Close once the answers written are out: the write side at once, the read side when the
+        client closes its own or after `_LINGER` seconds, dropping whatever it sends meanwhile."""
+        self.closing = self.done = True
+        self.held = None
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(_LINGER, transport.close)
 
     def _resume(self) -> None:
         """Parse what was held and read again, unless the pipeline or the client still say wait."""
