@@ -81,16 +81,35 @@ def _expire(reply: asyncio.Future[Reply]) -> None:
 
 # The states of reading one answer.
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS = range(6)
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})(;[^\r\n\0]*)?")
 _LENGTH = re.compile(rb"[0-9]{1,18}")
 # A chunk-size line (with extensions) longer than this is refused.
 _CHUNK_LINE = 4096
 
 
-def _lines_are_clean(text: bytes, lines: int) -> bool:
-    """Every CR and LF in `text` is one of its `lines` CRLFs, and there is no NUL."""
-    return text.count(b"\n") == lines and text.count(b"\r") == lines and b"\0" not in text
+_VERSIONS = (b"HTTP/1.1 ", b"HTTP/1.0 ")
+# The characters of a header name (RFC 9110's token).
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _head_problem(head: bytes) -> str:
+    """What is wrong with a head `_Connection._head` refused, for the error; only on that slow path."""
+    lines = head.split(b"\r\n")
+    status_line = lines[0]
+    version, _, rest = status_line.partition(b" ")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return f"bad status line {status_line[:60]!r}"
+    code = rest[:3]
+    if not (code.isdigit() and 100 <= int(code) <= 599 and (len(rest) == 3 or rest[3:4] == b" ")):
+        return f"the status {rest.partition(b' ')[0][:20].decode('latin-1')!r} is not a number 100-599"
+    for line in lines:
+        if b"\r" in line or b"\n" in line or b"\0" in line:
+            return f"a bare CR or LF, or a NUL, in {line[:60]!r}"
+    for line in lines[1:]:
+        name, sep, _ = line.partition(b":")
+        if not sep or not name or name.strip(_TOKEN_CHARS):
+            return f"bad header line {line[:60]!r} (a folded line, or no name and colon)"
+    return "malformed status line or headers"
 
 
 class _Connection(asyncio.Protocol):
@@ -141,7 +160,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._close_after = False
         self._content_type: str | None = None
-        self._parts: list[bytes] = []
+        self._parts: list[bytes]  # a chunked body's chunks, set when one starts
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -283,7 +302,8 @@ class _Connection(asyncio.Protocol):
                     if len(buf) > self._left:
                         raise _Invalid(f"the trailers are over {self._max_head} bytes")
                     return
-                if not _lines_are_clean(bytes(buf[:end]), 0):
+                line = bytes(buf[:end])
+                if b"\r" in line or b"\n" in line or b"\0" in line:
                     raise _Invalid("a trailer holds a bare CR, LF or NUL")
                 del buf[: end + 2]
                 self._left -= end + 2
@@ -293,33 +313,38 @@ class _Connection(asyncio.Protocol):
     def _head(self, head: bytes) -> None:
         """Check a status line and headers, and set how the body is framed."""
         lines = head.split(b"\r\n")
-        if not _lines_are_clean(head, len(lines) - 1):
-            raise _Invalid("a header line holds a bare CR or LF, or a NUL")
-        version, _, rest = lines[0].partition(b" ")
-        code = rest[:3]
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not (len(rest) == 3 or rest[3:4] == b" "):
-            raise _Invalid(f"bad status line {lines[0][:60]!r}")
-        if not (code.isdigit() and 100 <= int(code) <= 599):
-            raise _Invalid(f"the status {code.decode('latin-1')!r} is not a number 100-599")
+        crlfs = len(lines) - 1
+        code = head[9:12]
+        # C-level counts and checks, not a regular expression: this runs on every answer.
+        if (
+            head.count(b"\n") != crlfs
+            or head.count(b"\r") != crlfs
+            or b"\0" in head
+            or head[:9] not in _VERSIONS
+            or not code.isdigit()
+            or head[12:13] not in (b"", b" ")
+            or not 100 <= int(code) <= 599
+        ):
+            raise _Invalid(_head_problem(head))
         status = int(code)
         length = -1
         chunked = False
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or _TOKEN.fullmatch(name) is None:
-                raise _Invalid(f"bad header line {line[:60]!r}")
+            if not sep or not name or name.strip(_TOKEN_CHARS):
+                raise _Invalid(_head_problem(head))
             name = name.lower()
-            value = value.strip(b" \t")
             if name == b"content-length":
+                value = value.strip(b" \t")
                 if length >= 0:
                     raise _Invalid("Content-Length is given more than once")
                 if _LENGTH.fullmatch(value) is None:
                     raise _Invalid(f"Content-Length {value[:40]!r} is not a non-negative integer")
                 length = int(value)
             elif name == b"content-type":
-                self._content_type = value.decode("latin-1")
+                self._content_type = value.strip(b" \t").decode("latin-1")
             elif name == b"transfer-encoding":
-                if value.lower() != b"chunked" or chunked:
+                if value.strip(b" \t").lower() != b"chunked" or chunked:
                     raise _Invalid(f"Transfer-Encoding {value[:40]!r}: only one 'chunked' is understood")
                 chunked = True
             elif name == b"connection" and b"close" in (token.strip() for token in value.lower().split(b",")):
@@ -336,6 +361,7 @@ class _Connection(asyncio.Protocol):
             self._complete(b"")
         elif chunked:
             self._chunked = True
+            self._parts = []
             self._state = _CHUNK_SIZE
         elif length < 0:
             raise _Invalid("the answer has neither Content-Length nor Transfer-Encoding: chunked")

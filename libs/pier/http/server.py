@@ -134,11 +134,12 @@ class _Refused(Exception):
 class _Slot:
     """A request in its connection's line: answers go out in the order requests came."""
 
-    __slots__ = ("keep_alive", "request", "response")
+    __slots__ = ("keep_alive", "request", "response", "task")
 
     def __init__(self, request: Request | None, keep_alive: bool) -> None:
         self.request, self.keep_alive = request, keep_alive
         self.response: Response | None = None
+        self.task: asyncio.Task[None] | None = None
 
 
 class _Connection(asyncio.Protocol):
@@ -332,10 +333,9 @@ class _Connection(asyncio.Protocol):
 
     def _start(self, slot: _Slot) -> None:
         self.running += 1
-        task = self.loop.create_task(self._serve(slot))
-        tasks = self.server.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        # The task leaves the server's set itself, at its end: a done callback costs a turn of the loop.
+        slot.task = self.loop.create_task(self._serve(slot))
+        self.server.tasks.add(slot.task)
 
     async def _serve(self, slot: _Slot) -> None:
         server = self.server
@@ -351,6 +351,7 @@ class _Connection(asyncio.Protocol):
             slot.response = server.errors(request, 500)
         finally:
             self.running -= 1
+            server.tasks.discard(slot.task)  # type: ignore[arg-type]
             if self.waiting:
                 self._start(self.waiting.popleft())
         self._ready()
