@@ -61,7 +61,7 @@ class Request:
 
     def __init__(self, method: str, raw_path: str, query: str, headers: dict[str, str], body: bytes) -> None:
         self.method, self.raw_path, self.query, self.headers, self.body = method, raw_path, query, headers, body
-        self.path = decode_path(raw_path)
+        self.path = decode_path(raw_path) if "%" in raw_path else raw_path
 
 
 class Response:
@@ -272,8 +272,7 @@ class _Connection(asyncio.Protocol):
             raise _Refused
 
     def on_headers_complete(self) -> None:
-        self.in_body = True
-        self.began = self.loop.time()
+        self.in_body = True  # `_feed` starts the body's clock if the body is not in with the headers
         length = self.headers.get("content-length")
         if length is not None:  # llhttp has checked it: digits, once
             self.body_left = int(length)
@@ -365,15 +364,12 @@ class _Connection(asyncio.Protocol):
             self.flushing = True
             self.loop.call_soon(self._flush)
 
-    def _encode(self, slot: _Slot, keep_alive: bool) -> bytes:
-        assert slot.response is not None
+    def _unwritable(self, slot: _Slot, keep_alive: bool, exc: ValueError) -> bytes:
+        """The answer instead of one whose headers cannot be written (CR, LF or NUL in one)."""
         head_only = slot.request is not None and slot.request.method == "HEAD"
-        try:
-            return encode(slot.response, keep_alive, head_only)
-        except ValueError as exc:
-            if slot.request is not None:
-                self.server.log_error(slot.request, exc)
-            return encode(self.server.errors(slot.request, 500), keep_alive, head_only)
+        if slot.request is not None:
+            self.server.log_error(slot.request, exc)
+        return encode(self.server.errors(slot.request, 500), keep_alive, head_only)
 
     def _flush(self) -> None:
         self.flushing = False
@@ -388,7 +384,13 @@ class _Connection(asyncio.Protocol):
         while slots and slots[0].response is not None:
             slot = slots.popleft()
             keep_alive = slot.keep_alive and not stopping
-            out.append(self._encode(slot, keep_alive))
+            request = slot.request
+            try:
+                out.append(
+                    encode(slot.response, keep_alive, request is not None and request.method == "HEAD")  # type: ignore[arg-type]
+                )
+            except ValueError as exc:
+                out.append(self._unwritable(slot, keep_alive, exc))
             if not keep_alive:
                 close = True
                 break
