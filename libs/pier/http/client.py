@@ -82,7 +82,6 @@ def _expire(reply: asyncio.Future[Reply]) -> None:
 # The states of reading one answer.
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS = range(6)
 _CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})(;[^\r\n\0]*)?")
-_LENGTH = re.compile(rb"[0-9]{1,18}")
 # A chunk-size line (with extensions) longer than this is refused.
 _CHUNK_LINE = 4096
 
@@ -261,6 +260,10 @@ class _Connection(asyncio.Protocol):
                 del buf[: end + 4]
                 self._scan = 0
                 self._head(head)
+                if self._state == _BODY and len(buf) >= self._left:  # the usual case: the body is in too
+                    body = bytes(buf[: self._left])
+                    del buf[: self._left]
+                    self._complete(body)
             elif state == _BODY:
                 if len(buf) < self._left:
                     return
@@ -326,7 +329,7 @@ class _Connection(asyncio.Protocol):
             or not 100 <= int(code) <= 599
         ):
             raise _Invalid(_head_problem(head))
-        status = int(code)
+        status = int(code)  # 100-599, checked above
         length = -1
         chunked = False
         for line in lines[1:]:
@@ -338,7 +341,7 @@ class _Connection(asyncio.Protocol):
                 value = value.strip(b" \t")
                 if length >= 0:
                     raise _Invalid("Content-Length is given more than once")
-                if _LENGTH.fullmatch(value) is None:
+                if not value.isdigit() or len(value) > 18:  # bytes.isdigit: ASCII digits only
                     raise _Invalid(f"Content-Length {value[:40]!r} is not a non-negative integer")
                 length = int(value)
             elif name == b"content-type":
