@@ -55,6 +55,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     git_allow_networks: str = ""  # private ranges git may reach anyway, e.g. "10.0.0.0/8,127.0.0.0/8"
     gateway_metrics_host: str = "127.0.0.1"  # the gateway's /metrics, away from its public address
     gateway_metrics_port: int = 8001
+    # Limits of the data plane's HTTP code (pier.http.limits.Limits, same names and defaults): the
+    # gateway's server and its client to instances; harnesses read the same PIER_HTTP_* variables.
+    http_max_request_line: int = 8 * 1024
+    http_max_header_bytes: int = 64 * 1024
+    http_max_headers: int = 100
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 75.0
+    http_max_connections: int = 1000
+    http_max_pipeline: int = 64
+    http_max_response_head: int = 64 * 1024
+    http_connect_timeout: float = 5.0
     otel_exporter: str = ""
 
     @property

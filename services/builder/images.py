@@ -37,9 +37,14 @@ def reuse(store: Store, digest: str) -> ImageManifest | None:
 
 def runtime_files() -> list[tuple[Path, str]]:
     """(source file, path inside runtime/) for the part of `pier` an instance imports: the harness
-    and what it needs, nothing of the platform's own dependencies."""
+    and the data plane's HTTP code it serves with, nothing of the platform's own dependencies."""
     package = Path(pier.__file__).parent
-    files = [package / "__init__.py", package / "spec.py", *sorted((package / "harness").glob("*.py"))]
+    files = [
+        package / "__init__.py",
+        package / "spec.py",
+        *sorted((package / "harness").glob("*.py")),
+        *sorted((package / "http").glob("*.py")),
+    ]
     return [(path, "pier/" + path.relative_to(package).as_posix()) for path in files]
 
 

@@ -18,13 +18,14 @@ from pier import metrics, telemetry
 from pier.bus import Bus
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
-from pier.harness.http import Request, Response, Server
+from pier.http.client import Proxy, Unreachable, UpstreamFailed, UpstreamTimeout
+from pier.http.limits import from_settings
+from pier.http.server import Request, Response, Server
 from pier.harness.server import SECRET_HEADER
 from pier.spec import Route, SpecError, coerce_query, match_template
 from services.gateway import table as table_module
 from services.gateway.auth import CHALLENGE, Authenticator
 from services.gateway.balancer import Balancer, Shed
-from services.gateway.proxy import Proxy, Unreachable, UpstreamFailed, UpstreamTimeout
 from services.gateway.table import Table
 
 log = structlog.get_logger("gateway")
@@ -77,6 +78,13 @@ def _request_id(request: Request | None) -> str:
 def _too_large(limit: int) -> GatewayError:
     return GatewayError(413, "TooLarge", f"the body is over the limit of {limit} bytes")
 
+
+# What the HTTP server refuses by itself, past one of its limits (pier.http.limits).
+_LIMIT_ERRORS = {
+    408: ("RequestTimeout", "the request's headers or body stopped arriving"),
+    414: ("URITooLong", "the request line is over the gateway's limit"),
+    431: ("HeadersTooLarge", "the request's headers are over the gateway's limit (size or count)"),
+}
 
 _UNAUTHORIZED = GatewayError(
     401,
@@ -160,7 +168,11 @@ class Gateway:
         elif status == 400:
             err = GatewayError(400, "BadRequest", "the request is not valid HTTP/1.1")
         elif status == 503:
-            err = GatewayError(503, "Unavailable", "the gateway is stopping; retry", retry_after=1)
+            err = GatewayError(
+                503, "Unavailable", "the gateway is stopping or at its connection limit; retry", retry_after=1
+            )
+        elif status in _LIMIT_ERRORS:
+            err = GatewayError(status, *_LIMIT_ERRORS[status])
         else:
             err = GatewayError(500, "InternalError", "the gateway failed; see its logs")
         return _error_response(_request_id(request), err)
@@ -305,9 +317,7 @@ class Gateway:
                     ) from None
                 except UpstreamFailed as exc:
                     bound.warning("instance failed", instance_id=instance.instance_id, error=str(exc))
-                    raise GatewayError(
-                        502, "BadGateway", "the instance closed the connection before answering"
-                    ) from None
+                    raise GatewayError(502, "BadGateway", str(exc)) from None
                 finally:
                     self.balancer.release(instance, time.perf_counter() - started)
                 return Response(reply.status, reply.body, reply.content_type, {REQUEST_ID: request_id})
@@ -403,7 +413,8 @@ async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
     """Load the table, then serve HTTP until the block ends."""
     table = Table()
     kvs = {bucket: await bus.kv(bucket) for bucket in (ROUTES_BUCKET, INSTANCES_BUCKET, TOKENS_BUCKET)}
-    async with asyncio.TaskGroup() as tg, Proxy() as proxy:
+    limits = from_settings(settings)
+    async with asyncio.TaskGroup() as tg, Proxy(limits) as proxy:
         followers = await table_module.load(kvs, table, tg)
         balancer = Balancer(table, settings.gateway_queue_length, settings.gateway_queue_timeout)
         gateway = Gateway(settings, table, balancer, proxy)
@@ -412,6 +423,7 @@ async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
             gateway.handle,
             gateway.refused,
             max_body=settings.max_body_bytes,
+            limits=limits,
             log_error=lambda request, exc: log.error("unexpected error", path=request.path, error=repr(exc)),
         )
         metrics_server = Server(gateway.metrics_page, gateway.refused, max_body=0)

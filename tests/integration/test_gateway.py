@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+import yarl
 from nats.js.kv import KeyValue
 
 from infra.embedded import free_port, stop_process, wait_for_port
@@ -434,3 +435,50 @@ async def test_model_endpoint_of_a_routes_only_version_is_404_naming_its_routes(
     status, body, _ = await env.call("POST", "/models/routed/latest/model", json={"data": {}})
     assert status == 404 and body["error"]["type"] == "NotFound"
     assert "POST /classify" in body["error"]["message"] and "GET /stats" in body["error"]["message"]
+
+
+async def test_an_encoded_slash_is_part_of_a_segment_and_never_routes_as_a_separator(
+    env: Env, model: tuple[RouteRecord, Harness]
+) -> None:
+    # Decoded first, `demo%2Flatest%2Fmodel` would read as demo/latest/model and call the model.
+    url = yarl.URL(env.base + "/models/demo%2Flatest%2Fmodel", encoded=True)
+    async with env.http.post(url, json={"data": {"x": 1}}) as response:
+        assert response.status == 404
+        assert "demo%2Flatest%2Fmodel" in (await response.json())["error"]["message"]
+
+
+async def test_an_instance_answer_with_a_bare_lf_is_502_and_none_of_its_headers_reach_the_client(
+    env: Env,
+) -> None:
+    async def lying_instance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\nSet-Cookie: session=x\r\nContent-Length: 2\r\n\r\nok"
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(lying_instance, "127.0.0.1", 0)
+    try:
+        record = route_record(uuid.uuid4().hex, "liar")
+        await env.put_route(record)
+        await env.put_instance(instance(record.model_id, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+        status, body, response = await env.call("POST", "/models/liar/latest/model", json={"data": {"x": 1}})
+        assert (status, body["error"]["type"]) == (502, "BadGateway")
+        assert "Set-Cookie" not in response.headers and response.content_type == "application/json"
+    finally:
+        server.close()
+
+
+async def test_the_harness_takes_its_http_limits_from_pier_http_variables(tmp_path: Path) -> None:
+    async with start_harness(tmp_path, MODEL_CODE, ENTRYPOINT, env={"PIER_HTTP_MAX_HEADERS": "3"}) as harness:
+        host, port = harness.address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 431 ")
+            assert b'"HeadersTooLarge"' in await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import sys
+from pathlib import Path
 
 from pier.spec import Entrypoint
 from services.builder.environments import env_hash, harness_requirements, pinned_packages, uv_error
@@ -81,15 +84,42 @@ def test_image_digest_covers_code_environment_and_entrypoint() -> None:
 def test_runtime_ships_the_harness_and_spec_but_not_the_platform() -> None:
     shipped = {relative for _, relative in runtime_files()}
     assert {"pier/__init__.py", "pier/spec.py", "pier/harness/loader.py", "pier/harness/server.py"} <= shipped
+    assert {"pier/http/__init__.py", "pier/http/server.py", "pier/http/limits.py"} <= shipped
     assert "pier/bus.py" not in shipped
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports absolutely (`import a.b`, `from a.b import c` -> a.b and a.b.c)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_every_pier_module_the_shipped_code_imports_is_shipped_too() -> None:
+    """A harness import of a pier module left out of runtime/ builds fine and then fails every instance."""
+    shipped = {
+        relative.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for _, relative in runtime_files()
+    }
+    packages = {name for name in shipped if any(other.startswith(name + ".") for other in shipped)} | {"pier"}
+    missing: set[str] = set()
+    for path, relative in runtime_files():
+        for name in _imports(path):
+            if name.split(".")[0] == "pier" and name not in shipped:
+                # `from pier.http import server` names a module; `from pier.spec import Route` a class in one.
+                parent = name.rpartition(".")[0]
+                if parent in packages or parent not in shipped:
+                    missing.add(f"{relative}: {name}")
+    assert not missing, missing
 
 
 def test_every_third_party_module_the_harness_imports_is_installed_in_each_environment() -> None:
     """An instance runs the harness in the user's environment: a harness import missing from
     HARNESS_PACKAGES builds fine and then fails every instance at start."""
-    import ast
-    import sys
-
     from services.builder.environments import HARNESS_PACKAGES
 
     imported: set[str] = set()

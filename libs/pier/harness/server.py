@@ -2,7 +2,8 @@
 
 Configured by PIER_* variables the runtime driver sets. Sync functions run on a worker (a thread
 for one worker, processes for more) so the event loop keeps answering health checks; async
-functions are awaited on the loop. Served by the lean server in `pier.harness.http`.
+functions are awaited on the loop. Served by the lean server in `pier.http.server`, with the limits
+of `pier.http.limits` (defaults, or the optional PIER_HTTP_* variables).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from urllib.parse import parse_qsl
 import msgspec
 import uvloop
 
-from pier.harness.http import Request, Response, Server
 from pier.harness.loader import Functions, LoadError, argument_problems
+from pier.http.limits import Limits, from_env
+from pier.http.server import Request, Response, Server
 from pier.spec import Entrypoint, Route, SpecError, coerce_query, match_template
 
 _functions: Functions | None = None  # set before workers fork, so they inherit the loaded modules
@@ -154,6 +156,15 @@ class CallError(Exception):
         return msgspec.json.encode({"error": detail, "request_id": request_id})
 
 
+# What the HTTP server refuses by itself, past one of its limits (pier.http.limits).
+_LIMIT_ERRORS = {
+    408: ("RequestTimeout", "the request's headers or body stopped arriving"),
+    414: ("URITooLong", "the request line is over the server's limit"),
+    431: ("HeadersTooLarge", "the request's headers are over the server's limit (size or count)"),
+    503: ("Unavailable", "the instance is stopping or at its connection limit; retry"),
+}
+
+
 class Harness:
     def __init__(
         self,
@@ -258,6 +269,8 @@ class Harness:
             err = CallError(413, "TooLarge", f"the body is over the limit of {self.max_body} bytes")
         elif status == 400:
             err = CallError(400, "BadRequest", "the request is not valid HTTP/1.1")
+        elif status in _LIMIT_ERRORS:
+            err = CallError(status, *_LIMIT_ERRORS[status])
         else:
             err = CallError(status, "InternalError", "the harness failed; see the instance log")
         request_id = request.headers.get("x-request-id", "") if request is not None else ""
@@ -428,7 +441,9 @@ class _Log:
 _log = _Log()
 
 
-async def serve_harness(harness: Harness, max_body: int, port: int, host: str = "127.0.0.1") -> Server:
+async def serve_harness(
+    harness: Harness, max_body: int, port: int, host: str = "127.0.0.1", limits: Limits | None = None
+) -> Server:
     """Start serving on host:port (0: any free port, then see `Server.port`)."""
     harness.max_body = max_body
     harness.loop = _log.loop = asyncio.get_running_loop()
@@ -436,14 +451,15 @@ async def serve_harness(harness: Harness, max_body: int, port: int, host: str = 
         harness.handle,
         harness.refused,
         max_body=max_body,
+        limits=limits,
         log_error=lambda request, exc: _log(f"harness: {request.method} {request.path} failed: {exc!r}"),
     )
     await server.listen_tcp(host, port)
     return server
 
 
-async def _serve_until_stopped(harness: Harness, max_body: int, port: int) -> None:
-    server = await serve_harness(harness, max_body, port)
+async def _serve_until_stopped(harness: Harness, max_body: int, port: int, limits: Limits) -> None:
+    server = await serve_harness(harness, max_body, port, limits=limits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -486,6 +502,11 @@ def main() -> None:
     port = int(env.get("PIER_PORT", "0"))
     print(f"harness: serving on 127.0.0.1:{port}", flush=True)
     max_body = int(env.get("PIER_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+    try:
+        limits = from_env(env)
+    except ValueError as exc:
+        print(f"harness: {exc}", file=sys.stderr, flush=True)
+        sys.exit(3)
     # uvloop: measured, the default loop's per-call cost showed in bench/gateway.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_until_stopped(harness, max_body, port))
+        runner.run(_serve_until_stopped(harness, max_body, port, limits))

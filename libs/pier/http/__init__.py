@@ -1,0 +1,3 @@
+"""The data plane's own HTTP/1.1 code: the lean server (`server`), the client to instances
+(`client`) and the limits both enforce (`limits`). Shipped into model images with the harness, so
+it imports nothing but the standard library, httptools and msgspec."""
