@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from pier.harness.server import SECRET_HEADER
+from pier.http import SECRET_HEADER
 
 
 async def until(predicate: Callable[[], Any | Awaitable[Any]], within: float = 10.0, every: float = 0.02) -> Any:

@@ -18,10 +18,10 @@ from pier import metrics, telemetry
 from pier.bus import Bus
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
+from pier.http import SECRET_HEADER
 from pier.http.client import Proxy, Unreachable, UpstreamFailed, UpstreamTimeout
 from pier.http.limits import from_settings
 from pier.http.server import Request, Response, Server
-from pier.harness.server import SECRET_HEADER
 from pier.spec import Route, SpecError, coerce_query, match_template
 from services.gateway import table as table_module
 from services.gateway.auth import CHALLENGE, Authenticator

@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 from pier import metrics
 from pier.bus import Bus, kv_update, watch
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RouteRecord
-from pier.harness.server import SECRET_HEADER
+from pier.http import SECRET_HEADER
 from services.monitor.membership import Membership
 from services.monitor.policy import DEFAULT_POLICY, Action, Policy, ProbeCounter
 

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 
 from pier.harness.loader import Functions, argument_problems
-from pier.harness.server import SECRET_HEADER, Harness, encode_result, serve_harness
+from pier.harness.server import Harness, encode_result, serve_harness
+from pier.http import SECRET_HEADER
 from pier.spec import Entrypoint, Param, Route
 
 CODE = """

@@ -32,13 +32,12 @@ import msgspec
 import uvloop
 
 from pier.harness.loader import Functions, LoadError, argument_problems
+from pier.http import SECRET_HEADER
 from pier.http.limits import Limits, from_env
 from pier.http.server import Request, Response, Server
 from pier.spec import Entrypoint, Route, SpecError, coerce_query, match_template
 
 _functions: Functions | None = None  # set before workers fork, so they inherit the loaded modules
-# The header the gateway and the monitor send with the instance's secret (PIER_INSTANCE_SECRET).
-SECRET_HEADER = "X-Pier-Instance-Secret"
 _SECRET_KEY = SECRET_HEADER.lower()  # as the lean server hands header names over
 
 
