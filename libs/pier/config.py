@@ -43,6 +43,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ack_wait: float = 10.0
     logs_max_age_days: float = 14.0
     events_max_age_days: float = 60.0
+    # Log batching: the scheduler ships instance logs in one message per up to this many lines or
+    # this many seconds, whichever comes first.
+    log_batch_lines: int = 1000
+    log_batch_wait: float = 0.05
     otel_exporter: str = ""
 
     @property

@@ -1,8 +1,10 @@
 """Build, instance and deployment logs: folded from the PIER_LOGS stream into PostgreSQL, served
 newest first with a cursor for older lines, and live as server-sent events.
 
-- `LogFolder` is a durable pull consumer of PIER_LOGS. Each line is stored under its stream
-  sequence, which orders the lines, is the paging cursor, and makes a redelivered line a no-op.
+- `LogFolder` is a durable pull consumer of PIER_LOGS. A message carries one line (build and
+  deployment logs) or a batch of them (instance logs); each line is stored under a number made of
+  the message's stream sequence and its place in the message, which orders the lines, is the paging
+  cursor, and makes a redelivered message a no-op. Each fetch is one multi-row insert.
 - `DeploymentLog` turns lifecycle events (placed, started, ready, unhealthy, restarting, stopped,
   state changes) into deployment log lines, published with the event's id as Nats-Msg-Id so a
   redelivered event writes its line once.
@@ -30,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pier import events
 from pier.bus import Bus
 from pier.events import (
+    LOG_BATCH_MAX,
     AnyEvent,
     BuildFailed,
     BuildStarted,
@@ -39,6 +42,7 @@ from pier.events import (
     InstanceStarted,
     InstanceStopped,
     InstanceUnhealthy,
+    LogBatch,
     LogKind,
     LogLine,
     ModelFailed,
@@ -64,6 +68,7 @@ KEEP_ALIVE = 15.0
 PRUNE_EVERY = 3600.0
 
 _line_decoder = msgspec.json.Decoder(LogLine)
+_batch_decoder = msgspec.json.Decoder(LogBatch)
 
 
 class LogOut(msgspec.Struct, kw_only=True):
@@ -83,20 +88,36 @@ class LogPage(msgspec.Struct, kw_only=True):
 # ---- folding the stream -------------------------------------------------------------------------
 
 
-def _row(msg: Msg) -> tuple[Any, ...] | None:
+def _rows(msg: Msg) -> list[tuple[Any, ...]]:
+    """The table rows of one message: a LogBatch's lines (the shipper's instance logs) or one LogLine.
+    Line n of the message at stream sequence s is numbered s x LOG_BATCH_MAX + n."""
     parts = msg.subject.split(".")
-    if len(parts) != 4:
-        return None
+    if len(parts) != 4 or parts[3] not in KINDS:
+        return []
     model_id, kind = parts[2], parts[3]
     try:
-        record = _line_decoder.decode(msg.data)
+        batch = _batch_decoder.decode(msg.data)
+        at, lines, version, instance_id = batch.at, batch.lines[:LOG_BATCH_MAX], batch.version, batch.instance_id
+    except msgspec.ValidationError:  # no `lines`: a single line (build and deployment logs)
+        try:
+            record = _line_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("undecodable log line dropped", subject=msg.subject, error=str(exc))
+            return []
+        at, lines, version, instance_id = record.at, [record.line], record.version, record.instance_id
     except msgspec.DecodeError as exc:
-        log.error("undecodable log line dropped", subject=msg.subject, error=str(exc))
-        return None
-    if kind not in KINDS:
-        return None
-    seq = msg.metadata.sequence.stream
-    return (seq, model_id, kind, record.version, record.instance_id, record.at, record.line)
+        log.error("undecodable log message dropped", subject=msg.subject, error=str(exc))
+        return []
+    first = msg.metadata.sequence.stream * LOG_BATCH_MAX
+    return [(first + n, model_id, kind, version, instance_id, at, line) for n, line in enumerate(lines)]
+
+
+# One statement per fetch, however many lines: the columns as arrays, unnested into rows.
+_INSERT = (
+    "INSERT INTO logs (seq, model_id, kind, version, instance_id, at, line)"
+    " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::text[])"
+    " ON CONFLICT (seq) DO NOTHING"
+)
 
 
 class LogFolder:
@@ -136,15 +157,9 @@ class LogFolder:
                 await sub.unsubscribe()
 
     async def store(self, msgs: list[Msg]) -> None:
-        rows = [row for row in map(_row, msgs) if row is not None]
-        if not rows:
-            return
-        async with self.pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO logs (seq, model_id, kind, version, instance_id, at, line)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (seq) DO NOTHING",
-                rows,
-            )
+        rows = [row for msg in msgs for row in _rows(msg)]
+        if rows:
+            await self.pool.execute(_INSERT, *(list(column) for column in zip(*rows, strict=True)))
 
     async def prune(self, every: float = PRUNE_EVERY) -> None:
         """Retention: lines older than PIER_LOGS_MAX_AGE_DAYS go, as they do from the stream."""

@@ -31,6 +31,7 @@ import uvloop
 
 from pier.harness.http import Request, Response, Server
 from pier.harness.loader import Functions, LoadError, argument_problems
+from pier.harness.requestlog import RequestLog
 from pier.spec import Entrypoint, Route, SpecError, coerce_query, match_template
 
 _functions: Functions | None = None  # set before workers fork, so they inherit the loaded modules
@@ -181,6 +182,7 @@ class Harness:
         self.routes: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {
             "/ping": {"GET": self.ping},
             "/health": {"GET": self.health},
+            "/metrics": {"GET": self.metrics},
             "/model": {"POST": self.model},
         }
         for route in entrypoint.routes:
@@ -266,7 +268,7 @@ class Harness:
             body, status = msgspec.json.encode(envelope), 200
         except CallError as err:
             body, status = err.body(request_id), err.status
-        _log(
+        request_log(
             f"request {request_id} {request.method} {request.path} -> {status} "
             f"in {(time.perf_counter() - started) * 1000:.1f} ms"
         )
@@ -299,6 +301,9 @@ class Harness:
             return await self.respond(request, call)
 
         return handler
+
+    async def metrics(self, _: Request) -> Response:
+        return Response(200, request_log.metrics(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def ping(self, _: Request) -> Response:
         return Response(200, b'{"status":"ok"}')
@@ -388,7 +393,9 @@ def _json_body(request: Request) -> Any:
 
 
 class _Log:
-    """Lines for the instance log, written once per turn of the event loop, after the answers.
+    """The harness's own lines for the instance log (a call's traceback, a failure), never dropped,
+    written once per turn of the event loop, after the answers. Request-log lines go through
+    `request_log` instead.
 
     A `print(..., flush=True)` per call was a write system call on every call's path; here the
     lines of the calls answered in one turn of the loop go out in one write, in order."""
@@ -413,6 +420,8 @@ class _Log:
 
 
 _log = _Log()
+# One line per call; dropped (counted) rather than slowing a call when the log falls behind.
+request_log = RequestLog()
 
 
 async def serve_harness(harness: Harness, max_body: int, port: int, host: str = "127.0.0.1") -> Server:
@@ -440,6 +449,7 @@ async def _serve_until_stopped(harness: Harness, max_body: int, port: int) -> No
     await server.close(grace=8.0)
     if _log.lines:
         _log.flush()
+    request_log.close()
 
 
 def main() -> None:
