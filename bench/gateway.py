@@ -205,6 +205,7 @@ def isolated(work: Path, workers: int = 1) -> Iterator[tuple[dict[str, str], dic
     """The isolated paths: NATS, one harness instance on MODEL and the gateway in front of it,
     Flask + gunicorn w2 and a plain aiohttp proxy; yields their URLs by name and the pids of the
     gateway and the instance, and stops them all on the way out."""
+    work.mkdir(parents=True, exist_ok=True)
     (work / "model.py").write_text(MODEL)
     (work / "flask_app.py").write_text(textwrap.dedent(FLASK_APP))
     (work / "aiohttp_proxy.py").write_text(textwrap.dedent(AIOHTTP_PROXY))

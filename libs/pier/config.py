@@ -44,9 +44,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     logs_max_age_days: float = 14.0
     events_max_age_days: float = 60.0
     # Log batching: the scheduler ships instance logs in one message per up to this many lines or
-    # this many seconds, whichever comes first.
+    # this many seconds, whichever comes first (docs/logs.md).
     log_batch_lines: int = 1000
-    log_batch_wait: float = 0.05
+    log_batch_wait: float = 0.2
     otel_exporter: str = ""
 
     @property

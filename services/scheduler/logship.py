@@ -2,8 +2,8 @@
 last round go out as LogBatch messages of up to `log_batch_lines` lines, one round every
 `log_batch_wait` seconds, so a call through the gateway costs the bus and the api no message.
 
-The byte offset reached is committed to PostgreSQL after a round's batches are published, so a
-scheduler restart resumes where it was. A batch published again after a crash between the two
+The byte offset reached is committed to PostgreSQL after the batches are published (at most once a
+second per instance), so a scheduler restart resumes where it was. A batch published again after a crash between the two
 carries the same Nats-Msg-Id (instance id + its first byte offset); JetStream answers that it is a
 duplicate, naming the original, and the shipper resumes from the original's end: no duplicates,
 no losses, even when the batch read again is not cut where the first one was.
@@ -35,6 +35,9 @@ MAX_BATCH_BYTES = 128 * 1024
 # Which instances have an open log, re-read from PostgreSQL this often (seconds): the only query
 # the shipper makes while nothing is logged.
 REFRESH_EVERY = 1.0
+# An instance's offset is noted in PostgreSQL at most this often (seconds) while its log grows: a
+# restart re-reads from an older offset, and the batches read again are known duplicates.
+COMMIT_EVERY = 1.0
 
 _batch_decoder = msgspec.json.Decoder(events.LogBatch)
 
@@ -46,6 +49,7 @@ class _Open:
     version: int
     finished: bool
     offset: int
+    committed: float = 0.0  # when the offset was last noted (monotonic seconds)
 
 
 class LogShipper:
@@ -140,7 +144,7 @@ class LogShipper:
                 break
             instance.offset = batch.end
             sent += last - first
-        if instance.offset != start:
+        if instance.offset != start and (instance.finished or time.monotonic() - instance.committed >= COMMIT_EVERY):
             await self._commit(instance)
         return sent
 
@@ -155,8 +159,10 @@ class LogShipper:
         await self.pool.execute(
             "UPDATE instances SET log_offset = $2 WHERE instance_id = $1", instance.instance_id, instance.offset
         )
+        instance.committed = time.monotonic()
 
     async def _close(self, instance: _Open) -> None:
+        await self._commit(instance)  # where a restart of the instance goes on from
         # Only while it is still not running: a restart may have reopened it meanwhile.
         await self.pool.execute(
             "UPDATE instances SET log_open = false WHERE instance_id = $1 AND state NOT IN ('starting', 'running')",
