@@ -127,6 +127,19 @@ def predict(x):
 Figures = tuple[float, float, float]  # req/s, p50 us, p99 us
 
 
+NO_FIGURES: Figures = (float("nan"), float("nan"), float("nan"))
+
+
+def attempt(url: str, c: int, duration: float, script: Path) -> Figures:
+    """wrk's figures, or NaN with the reason printed when calls failed (a 503 from shedding on a
+    starved machine, say): one bad measurement does not end the run, and it shows in the table."""
+    try:
+        return wrk(url, c, duration, script)
+    except SystemExit as failed:
+        print(f"  ({str(failed).splitlines()[0]})", flush=True)
+        return NO_FIGURES
+
+
 class Bench:
     def __init__(self, work: Path, runs: int, duration: float, concurrency: list[int]) -> None:
         self.work, self.runs, self.duration, self.concurrency = work, runs, duration, concurrency
@@ -142,7 +155,7 @@ class Bench:
         """Medians of `runs` wrk runs; `between` (if given) is called after each, for sampling."""
         runs = []
         for _ in range(self.runs):
-            runs.append(wrk(url, c, self.duration, self.script(body)))
+            runs.append(attempt(url, c, self.duration, self.script(body)))
             if between:
                 between()
         return (
@@ -153,7 +166,7 @@ class Bench:
 
     def table(self, title: str, targets: dict[str, str], body: str = BODY) -> dict[tuple[str, int], Figures]:
         for url in targets.values():  # warm up every path (connections, imports)
-            wrk(url, 8, 1, self.script(body))
+            attempt(url, 8, 1, self.script(body))
         print(f"\n{title}\n{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}", flush=True)
         results: dict[tuple[str, int], Figures] = {}
         for c in self.concurrency:
@@ -398,9 +411,12 @@ def main() -> None:
 
         last = (0.0, 0.0, 0.0)
         for _ in range(bench.runs):
-            last = wrk(targets["platform gateway"], top, bench.duration, bench.script(BODY))
+            last = attempt(targets["platform gateway"], top, bench.duration, bench.script(BODY))
+            if last[0] != last[0]:  # NaN: failed calls, so no count of calls
+                last = (0.0, 0.0, 0.0)
             count()
         spent = {name: cpu - before[name] for name, cpu in cpu_seconds(roots).items()}
+        calls = calls or float("nan")  # every run failed: the table says nan rather than dividing by 0
         loaded_for = time.monotonic() - began
         # The calls' share: what was spent under load less what the same time costs idle.
         per_call = {name: max(0.0, spent[name] - idle[name] * loaded_for / idle_for) for name in spent}
@@ -456,7 +472,7 @@ def main() -> None:
         print(f"{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}")
         iris_results: dict[tuple[str, int], Figures] = {}
         for url, body in iris.values():
-            wrk(url, 8, 1, bench.script(body))
+            attempt(url, 8, 1, bench.script(body))
         for c in bench.concurrency:
             for name, (url, body) in iris.items():
                 iris_results[(name, c)] = rps, p50, p99_ = bench.measure(url, c, body)
