@@ -104,6 +104,9 @@ def wrk(url: str, concurrency: int, duration: float, script: Path) -> tuple[floa
             f"-c{concurrency}",
             f"-d{max(1, round(duration))}s",
             "--latency",
+            # A call slower than wrk's default 2 s shows in p99 rather than as a failed call.
+            "--timeout",
+            "10s",
             "-s",
             str(script),
             url,
@@ -182,6 +185,74 @@ async def publish(settings: config.Settings, harness: str, workers: int) -> None
         await (await b.kv(INSTANCES_BUCKET)).put(inst.instance_id, msgspec.json.encode(inst))
 
 
+def flask_command(work: Path, port: int, app: str = "flask_app:app") -> list[str]:
+    """Flask under gunicorn with 2 sync workers, serving `app` from `work`."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-w",
+        "2",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--chdir",
+        str(work),
+        "--log-level",
+        "warning",
+        app,
+    ]
+
+
+@contextlib.contextmanager
+def isolated(work: Path, workers: int = 1) -> Iterator[tuple[dict[str, str], dict[str, int]]]:
+    """The isolated paths: NATS, one harness instance on MODEL and the gateway in front of it,
+    Flask + gunicorn w2 and a plain aiohttp proxy; yields their URLs by name and the pids of the
+    gateway and the instance, and stops them all on the way out."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "model.py").write_text(MODEL)
+    (work / "flask_app.py").write_text(textwrap.dedent(FLASK_APP))
+    (work / "aiohttp_proxy.py").write_text(textwrap.dedent(AIOHTTP_PROXY))
+    py = sys.executable
+    nats = NatsServer(work / "nats")
+    nats.start()
+    try:
+        ports = {name: free_port() for name in ("harness", "gateway", "flask", "proxy")}
+        settings = config.load(
+            env={}, home=work / "pier", nats_url=nats.url, gateway_port=ports["gateway"], gateway_metrics_port=0
+        )
+        base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
+        harness_env = {
+            **base_env,
+            "PIER_WORKING_DIR": str(work),
+            "PIER_ENTRYPOINT": msgspec.json.encode(Entrypoint(file="model.py", function="predict")).decode(),
+            "PIER_PORT": str(ports["harness"]),
+            "PIER_WORKERS": str(workers),
+        }
+        gateway_env = {**base_env, **config.to_env(settings), "PIER_LOG_LEVEL": "warning"}
+        harness_addr = f"127.0.0.1:{ports['harness']}"
+        with (
+            process([py, "-m", "pier.harness"], ports["harness"], harness_env, work / "harness.log") as harness,
+            process([py, "-m", "services.gateway"], ports["gateway"], gateway_env, work / "gateway.log") as gateway,
+            process(flask_command(work, ports["flask"]), ports["flask"], base_env, work / "flask.log"),
+            process(
+                [py, str(work / "aiohttp_proxy.py"), str(ports["proxy"]), f"http://{harness_addr}"],
+                ports["proxy"],
+                base_env,
+                work / "proxy.log",
+            ),
+        ):
+            asyncio.run(publish(settings, harness_addr, workers))
+            targets = {
+                "a gateway": f"{settings.gateway_url}/models/bench/latest/model",
+                "b direct": f"http://{harness_addr}/model",
+                "c flask": f"http://127.0.0.1:{ports['flask']}/model",
+                "d aiohttp proxy": f"http://127.0.0.1:{ports['proxy']}/model",
+            }
+            yield targets, {"gateway": gateway.pid, "instance": harness.pid}
+    finally:
+        nats.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
@@ -196,86 +267,28 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
-    py = sys.executable
     with tempfile.TemporaryDirectory(prefix="pier-bench-") as tmp:
         work = Path(tmp)
-        (work / "model.py").write_text(MODEL)
-        (work / "flask_app.py").write_text(textwrap.dedent(FLASK_APP))
-        (work / "aiohttp_proxy.py").write_text(textwrap.dedent(AIOHTTP_PROXY))
         script = work / "post.lua"
         script.write_text(LUA % BODY)
-        nats = NatsServer(work / "nats")
-        nats.start()
-        try:
-            ports = {name: free_port() for name in ("harness", "gateway", "flask", "proxy")}
-            settings = config.load(
-                env={}, home=work / "pier", nats_url=nats.url, gateway_port=ports["gateway"], gateway_metrics_port=0
-            )
-            base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
-            harness_env = {
-                **base_env,
-                "PIER_WORKING_DIR": str(work),
-                "PIER_ENTRYPOINT": msgspec.json.encode(Entrypoint(file="model.py", function="predict")).decode(),
-                "PIER_PORT": str(ports["harness"]),
-                "PIER_WORKERS": str(args.workers),
-            }
-            gateway_env = {**base_env, **config.to_env(settings), "PIER_LOG_LEVEL": "warning"}
-            harness_addr = f"127.0.0.1:{ports['harness']}"
-            with (
-                process([py, "-m", "pier.harness"], ports["harness"], harness_env, work / "harness.log") as harness,
-                process([py, "-m", "services.gateway"], ports["gateway"], gateway_env, work / "gateway.log") as gateway,
-                process(
-                    [
-                        py,
-                        "-m",
-                        "gunicorn",
-                        "-w",
-                        "2",
-                        "-b",
-                        f"127.0.0.1:{ports['flask']}",
-                        "--chdir",
-                        str(work),
-                        "--log-level",
-                        "warning",
-                        "flask_app:app",
-                    ],
-                    ports["flask"],
-                    base_env,
-                    work / "flask.log",
-                ),
-                process(
-                    [py, str(work / "aiohttp_proxy.py"), str(ports["proxy"]), f"http://{harness_addr}"],
-                    ports["proxy"],
-                    base_env,
-                    work / "proxy.log",
-                ),
-            ):
-                asyncio.run(publish(settings, harness_addr, args.workers))
-                targets = {
-                    "a gateway": f"{settings.gateway_url}/models/bench/latest/model",
-                    "b direct": f"http://{harness_addr}/model",
-                    "c flask": f"http://127.0.0.1:{ports['flask']}/model",
-                    "d aiohttp proxy": f"http://127.0.0.1:{ports['proxy']}/model",
-                }
-                for url in targets.values():  # warm up every path (connections, imports)
-                    wrk(url, 8, 1, script)
-                print(f"{'':16} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}")
-                results: dict[tuple[str, int], tuple[float, float, float]] = {}
-                for c in args.concurrency:
-                    for name, url in targets.items():
-                        profiling = args.profile and name == "a gateway"
-                        with profiled(args.profile, c, {"gateway": gateway.pid, "instance": harness.pid}, profiling):
-                            results[(name, c)] = rps, p50, p99 = wrk(url, c, args.duration, script)
-                        print(f"{name:16} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99:>9.0f}", flush=True)
-                print()
-                for c in args.concurrency:
-                    a, b, cc, d = (results[(n, c)] for n in targets)
-                    print(
-                        f"c={c:<3} (a)/(c) {a[0] / cc[0]:.2f}  (a)/(d) {a[0] / d[0]:.2f}  (a)/(b) {a[0] / b[0]:.2f}"
-                        f"  gateway-added p50 (a-b) {a[1] - b[1]:.0f} us"
-                    )
-        finally:
-            nats.stop()
+        with isolated(work, args.workers) as (targets, pids):
+            for url in targets.values():  # warm up every path (connections, imports)
+                wrk(url, 8, 1, script)
+            print(f"{'':16} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}")
+            results: dict[tuple[str, int], tuple[float, float, float]] = {}
+            for c in args.concurrency:
+                for name, url in targets.items():
+                    profiling = args.profile and name == "a gateway"
+                    with profiled(args.profile, c, pids, profiling):
+                        results[(name, c)] = rps, p50, p99 = wrk(url, c, args.duration, script)
+                    print(f"{name:16} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99:>9.0f}", flush=True)
+            print()
+            for c in args.concurrency:
+                a, b, cc, d = (results[(n, c)] for n in targets)
+                print(
+                    f"c={c:<3} (a)/(c) {a[0] / cc[0]:.2f}  (a)/(d) {a[0] / d[0]:.2f}  (a)/(b) {a[0] / b[0]:.2f}"
+                    f"  gateway-added p50 (a-b) {a[1] - b[1]:.0f} us"
+                )
 
 
 if __name__ == "__main__":

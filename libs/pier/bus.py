@@ -22,6 +22,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -97,9 +98,11 @@ class Bus:
         headers = telemetry.inject({"Nats-Msg-Id": msg.id})
         await self.js.publish(msg.subject(), events.encode(msg), headers=headers, timeout=5.0)
 
-    async def publish_raw(self, subject: str, data: bytes, msg_id: str) -> None:
+    async def publish_raw(self, subject: str, data: bytes, msg_id: str) -> PubAck:
+        """Publish with `msg_id` as Nats-Msg-Id; the ack says whether it was a repeat (`duplicate`,
+        then `seq` is the original's)."""
         headers = telemetry.inject({"Nats-Msg-Id": msg_id})
-        await self.js.publish(subject, data, headers=headers, timeout=5.0)
+        return await self.js.publish(subject, data, headers=headers, timeout=5.0)
 
     async def log(self, model_id: str, kind: events.LogKind, line: str, **fields: Any) -> None:
         record = events.LogLine(at=time.time(), kind=kind, line=line, **fields)

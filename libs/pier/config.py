@@ -67,6 +67,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     http_max_pipeline: int = 64
     http_max_response_head: int = 64 * 1024
     http_connect_timeout: float = 5.0
+    # Log batching: the scheduler ships instance logs in one message per up to this many lines or
+    # this many seconds, whichever comes first (docs/logs.md).
+    log_batch_lines: int = 1000
+    log_batch_wait: float = 0.2
     otel_exporter: str = ""
 
     @property

@@ -439,6 +439,28 @@ class LogLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     instance_id: str | None = None
 
 
+# The most lines one log message may carry: the api numbers a message's lines
+# (stream sequence x LOG_BATCH_MAX + position), so the numbers stay in stream order.
+LOG_BATCH_MAX = 1 << 16
+
+
+class LogBatch(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Consecutive lines of one instance's log in one message: the log shipper sends one per up to
+    `log_batch_lines` lines or `log_batch_wait` seconds, so a call costs the bus no message of its own.
+
+    `offset` is the byte offset of the first line in `instance.log` (with the instance id, the
+    message's Nats-Msg-Id) and `end` the offset just past the last one: a shipper that finds its
+    batch already published (a crash before it noted the offset) resumes from the original's `end`."""
+
+    at: float
+    kind: LogKind
+    lines: list[str]
+    version: int | None = None
+    instance_id: str | None = None
+    offset: int = 0
+    end: int = 0
+
+
 def logs_subject(model_id: str, kind: LogKind) -> str:
     return f"{LOGS_PREFIX}.{model_id}.{kind}"
 

@@ -1,8 +1,10 @@
 """Build, instance and deployment logs: folded from the PIER_LOGS stream into PostgreSQL, served
 newest first with a cursor for older lines, and live as server-sent events.
 
-- `LogFolder` is a durable pull consumer of PIER_LOGS. Each line is stored under its stream
-  sequence, which orders the lines, is the paging cursor, and makes a redelivered line a no-op.
+- `LogFolder` is a durable pull consumer of PIER_LOGS. A message carries one line (build and
+  deployment logs) or a batch of them (instance logs) and is stored as one row of `log_batches`;
+  each line's number is made of the message's stream sequence and its place in the message, which
+  orders the lines, is the paging cursor, and makes a redelivered message a no-op.
 - `DeploymentLog` turns lifecycle events (placed, started, ready, unhealthy, restarting, stopped,
   state changes) into deployment log lines, published with the event's id as Nats-Msg-Id so a
   redelivered event writes its line once.
@@ -30,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pier import events
 from pier.bus import Bus
 from pier.events import (
+    LOG_BATCH_MAX,
     AnyEvent,
     BuildFailed,
     BuildStarted,
@@ -39,6 +42,7 @@ from pier.events import (
     InstanceStarted,
     InstanceStopped,
     InstanceUnhealthy,
+    LogBatch,
     LogKind,
     LogLine,
     ModelFailed,
@@ -64,6 +68,7 @@ KEEP_ALIVE = 15.0
 PRUNE_EVERY = 3600.0
 
 _line_decoder = msgspec.json.Decoder(LogLine)
+_batch_decoder = msgspec.json.Decoder(LogBatch)
 
 
 class LogOut(msgspec.Struct, kw_only=True):
@@ -84,19 +89,28 @@ class LogPage(msgspec.Struct, kw_only=True):
 
 
 def _row(msg: Msg) -> tuple[Any, ...] | None:
+    """The table row of one message: a LogBatch's lines (the shipper's instance logs) or one LogLine.
+    Its `seq` is the stream sequence x LOG_BATCH_MAX; line n of it is numbered seq + n."""
     parts = msg.subject.split(".")
-    if len(parts) != 4:
+    if len(parts) != 4 or parts[3] not in KINDS:
         return None
     model_id, kind = parts[2], parts[3]
     try:
-        record = _line_decoder.decode(msg.data)
+        batch = _batch_decoder.decode(msg.data)
+        at, lines, version, instance_id = batch.at, batch.lines[:LOG_BATCH_MAX], batch.version, batch.instance_id
+    except msgspec.ValidationError:  # no `lines`: a single line (build and deployment logs)
+        try:
+            record = _line_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("undecodable log line dropped", subject=msg.subject, error=str(exc))
+            return None
+        at, lines, version, instance_id = record.at, [record.line], record.version, record.instance_id
     except msgspec.DecodeError as exc:
-        log.error("undecodable log line dropped", subject=msg.subject, error=str(exc))
+        log.error("undecodable log message dropped", subject=msg.subject, error=str(exc))
         return None
-    if kind not in KINDS:
+    if not lines:
         return None
-    seq = msg.metadata.sequence.stream
-    return (seq, model_id, kind, record.version, record.instance_id, record.at, record.line)
+    return (msg.metadata.sequence.stream * LOG_BATCH_MAX, model_id, kind, version, instance_id, at, lines)
 
 
 class LogFolder:
@@ -136,12 +150,12 @@ class LogFolder:
                 await sub.unsubscribe()
 
     async def store(self, msgs: list[Msg]) -> None:
+        """One row per message, all of a fetch in one pipelined round trip: PostgreSQL's work
+        follows the batches, not the calls."""
         rows = [row for row in map(_row, msgs) if row is not None]
-        if not rows:
-            return
-        async with self.pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO logs (seq, model_id, kind, version, instance_id, at, line)"
+        if rows:
+            await self.pool.executemany(
+                "INSERT INTO log_batches (seq, model_id, kind, version, instance_id, at, lines)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (seq) DO NOTHING",
                 rows,
             )
@@ -151,7 +165,7 @@ class LogFolder:
         while True:
             horizon = time.time() - self.bus.settings.logs_max_age_days * 86400.0
             try:
-                await self.pool.execute("DELETE FROM logs WHERE at < $1", horizon)
+                await self.pool.execute("DELETE FROM log_batches WHERE at < $1", horizon)
             except (asyncpg.PostgresError, OSError) as exc:
                 log.warning("log pruning failed; will retry", error=str(exc))
             await asyncio.sleep(every)
@@ -275,36 +289,61 @@ def _where(model_id: str, q: Query) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), args
 
 
-def _out(row: asyncpg.Record) -> LogOut:
+def _out(row: asyncpg.Record, n: int) -> LogOut:
     return LogOut(
-        seq=row["seq"],
+        seq=row["seq"] + n,
         at=row["at"],
         kind=row["kind"],
-        line=row["line"],
+        line=row["lines"][n],
         version=row["version"],
         instance_id=row["instance_id"],
     )
 
 
+# Rows read per query while paging: most pages need one.
+ROWS_PER_READ = 8
+
+
 async def page(pool: asyncpg.Pool, model_id: str, q: Query) -> LogPage:
+    """The newest `limit` lines older than `before`, newest first, read row by row (each row a
+    batch of lines) until there are enough."""
     where, args = _where(model_id, q)
-    if q.before is not None:
-        args.append(q.before)
-        where += f" AND seq < ${len(args)}"
-    args.append(q.limit + 1)
-    rows = await pool.fetch(f"SELECT * FROM logs WHERE {where} ORDER BY seq DESC LIMIT ${len(args)}", *args)
-    lines = [_out(r) for r in rows[: q.limit]]
-    more = len(rows) > q.limit
+    lines: list[LogOut] = []
+    below = q.before  # rows starting below it hold the lines wanted (and, the first, newer ones)
+    while len(lines) <= q.limit:
+        clause = where if below is None else f"{where} AND seq < ${len(args) + 1}"
+        params = args if below is None else [*args, below]
+        rows = await pool.fetch(
+            f"SELECT * FROM log_batches WHERE {clause} ORDER BY seq DESC LIMIT {ROWS_PER_READ}", *params
+        )
+        for row in rows:
+            for n in reversed(range(len(row["lines"]))):
+                if q.before is None or row["seq"] + n < q.before:
+                    lines.append(_out(row, n))
+        if len(rows) < ROWS_PER_READ:
+            break
+        below = rows[-1]["seq"]
+    more = len(lines) > q.limit
+    lines = lines[: q.limit]
     return LogPage(lines=lines, next_before=lines[-1].seq if more and lines else None)
 
 
 async def newer(pool: asyncpg.Pool, model_id: str, q: Query, after: int, batch: int = 500) -> list[LogOut]:
+    """Up to about `batch` lines past `after`, oldest first."""
     where, args = _where(model_id, q)
-    args.append(after)
+    args.append(after - LOG_BATCH_MAX)  # the row holding line `after` starts at most this far before it
     where += f" AND seq > ${len(args)}"
-    args.append(batch)
-    rows = await pool.fetch(f"SELECT * FROM logs WHERE {where} ORDER BY seq ASC LIMIT ${len(args)}", *args)
-    return [_out(r) for r in rows]
+    lines: list[LogOut] = []
+    while len(lines) < batch:
+        rows = await pool.fetch(
+            f"SELECT * FROM log_batches WHERE {where} ORDER BY seq ASC LIMIT {ROWS_PER_READ}", *args
+        )
+        for row in rows:
+            lines += [_out(row, n) for n in range(len(row["lines"])) if row["seq"] + n > after]
+        if len(rows) < ROWS_PER_READ:
+            break
+        args[-1] = rows[-1]["seq"]
+    return lines
 
 
 class LogRoutes:
@@ -360,7 +399,11 @@ class LogRoutes:
         return response
 
     async def _last_seq(self, model_id: str) -> int:
-        return int(await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM logs WHERE model_id = $1", model_id))
+        last = await self.pool.fetchval(
+            "SELECT seq + cardinality(lines) - 1 FROM log_batches WHERE model_id = $1 ORDER BY seq DESC LIMIT 1",
+            model_id,
+        )
+        return int(last or 0)
 
 
 def _sse(line: LogOut) -> bytes:

@@ -1,17 +1,24 @@
-"""Ships instance logs to the bus: each complete line of `instance.log` becomes a log message.
+"""Ships instance logs to the bus in batches: the complete lines new in an `instance.log` since the
+last round go out as LogBatch messages of up to `log_batch_lines` lines, one round every
+`log_batch_wait` seconds, so a call through the gateway costs the bus and the api no message.
 
-The byte offset reached is committed to PostgreSQL after the lines are published, so a scheduler
-restart resumes where it was. A line published again after a crash between the two carries the same
-Nats-Msg-Id (instance id + byte offset) and JetStream drops the copy: no duplicates, no losses.
+The byte offset reached is committed to PostgreSQL after the batches are published (at most once a
+second per instance), so a scheduler restart resumes where it was. A batch published again after a crash between the two
+carries the same Nats-Msg-Id (instance id + its first byte offset); JetStream answers that it is a
+duplicate, naming the original, and the shipper resumes from the original's end: no duplicates,
+no losses, even when the batch read again is not cut where the first one was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import structlog
 
 from pier import events
@@ -20,10 +27,29 @@ from services.scheduler.runtimes.local import instances_root
 
 log = structlog.get_logger("scheduler.logship")
 
-SHIP_EVERY = 0.25
 CHUNK = 256 * 1024
 # A line longer than this is shipped in pieces rather than waiting for its end forever.
 MAX_LINE = 64 * 1024
+# A batch's text stays well under NATS's default 1 MiB payload, JSON escaping included.
+MAX_BATCH_BYTES = 128 * 1024
+# Which instances have an open log, re-read from PostgreSQL this often (seconds): the only query
+# the shipper makes while nothing is logged.
+REFRESH_EVERY = 1.0
+# An instance's offset is noted in PostgreSQL at most this often (seconds) while its log grows: a
+# restart re-reads from an older offset, and the batches read again are known duplicates.
+COMMIT_EVERY = 1.0
+
+_batch_decoder = msgspec.json.Decoder(events.LogBatch)
+
+
+@dataclass
+class _Open:
+    instance_id: str
+    model_id: str
+    version: int
+    finished: bool
+    offset: int
+    committed: float = 0.0  # when the offset was last noted (monotonic seconds)
 
 
 class LogShipper:
@@ -31,79 +57,150 @@ class LogShipper:
         self.pool = pool
         self.bus = bus
         self.root = instances_root(home)
+        self.batch_lines = bus.settings.log_batch_lines
+        self.every = bus.settings.log_batch_wait
+        if not 1 <= self.batch_lines <= events.LOG_BATCH_MAX:
+            raise ValueError(f"PIER_LOG_BATCH_LINES: must be between 1 and {events.LOG_BATCH_MAX}")
+        if self.every <= 0:
+            raise ValueError("PIER_LOG_BATCH_WAIT: must be a positive number of seconds")
+        self.open: dict[str, _Open] = {}
+        self.refreshed = -REFRESH_EVERY
 
-    async def run(self, every: float = SHIP_EVERY) -> None:
+    async def run(self) -> None:
         while True:
             try:
-                while await self.ship_once():
-                    pass
+                await self.ship_once()
             except Exception:
-                # The bus or the database is away; the offsets say where to resume.
+                # The bus or the database is away; the offsets in PostgreSQL say where to resume.
                 log.exception("log shipping round failed")
-            await asyncio.sleep(every)
+                self.refreshed = -REFRESH_EVERY
+                self.open.clear()
+            await asyncio.sleep(self.every)
 
     async def ship_once(self) -> int:
-        """Ship what is new in every open log, one chunk each; return how many lines were sent."""
+        """Ship what is new in every open log (up to a chunk each); return how many lines were sent."""
+        if time.monotonic() - self.refreshed >= REFRESH_EVERY:
+            await self._refresh()
+        sent = 0
+        for instance in list(self.open.values()):
+            sent += await self._ship(instance)
+        return sent
+
+    async def _refresh(self) -> None:
         rows = await self.pool.fetch(
             "SELECT instance_id, model_id, version, state, log_offset FROM instances WHERE log_open"
         )
-        sent = 0
+        known, self.open = self.open, {}
         for row in rows:
-            sent += await self._ship(row)
+            instance_id = row["instance_id"]
+            # The offset in memory is ahead of (or equal to) the committed one: keep it.
+            was = known.get(instance_id)
+            self.open[instance_id] = _Open(
+                instance_id=instance_id,
+                model_id=row["model_id"],
+                version=row["version"],
+                finished=row["state"] not in ("starting", "running"),
+                offset=max(row["log_offset"], was.offset if was else 0),
+            )
+        self.refreshed = time.monotonic()
+
+    async def _ship(self, instance: _Open) -> int:
+        path = self.root / instance.instance_id / "instance.log"
+        size = _size(path)
+        if size < 0 or (size == instance.offset and instance.finished):
+            if instance.finished:  # not started yet, or never will be, or all of it is shipped
+                await self._close(instance)
+            return 0
+        if size == instance.offset:
+            return 0  # nothing new: no thread, no query
+        if size < instance.offset:
+            # The file was removed or replaced behind our back: start over rather than stall.
+            log.warning("instance log shrank; shipping it again from the start", instance_id=instance.instance_id)
+            instance.offset = 0
+            await self._commit(instance)
+            return 0
+        start = instance.offset
+        data = await asyncio.to_thread(_read, path, start)
+        lines, consumed = _split(data, final=instance.finished and start + len(data) >= size)
+        sent = 0
+        for first, last in _groups(lines, self.batch_lines):
+            batch = events.LogBatch(
+                at=time.time(),
+                kind="instance",
+                lines=[text for _, text in lines[first:last]],
+                version=instance.version,
+                instance_id=instance.instance_id,
+                offset=start + lines[first][0],
+                end=start + (lines[last][0] if last < len(lines) else consumed),
+            )
+            ack = await self.bus.publish_raw(
+                events.logs_subject(instance.model_id, "instance"),
+                events.encode(batch),
+                msg_id=f"log:{instance.instance_id}:{batch.offset}",
+            )
+            if ack.duplicate:
+                # Shipped before a crash, maybe cut elsewhere: go on from where that batch ended.
+                instance.offset = await self._original_end(ack.seq, batch.end)
+                break
+            instance.offset = batch.end
+            sent += last - first
+        if instance.offset != start and (instance.finished or time.monotonic() - instance.committed >= COMMIT_EVERY):
+            await self._commit(instance)
         return sent
 
-    async def _ship(self, row: asyncpg.Record) -> int:
-        instance_id = row["instance_id"]
-        finished = row["state"] not in ("starting", "running")
-        offset = row["log_offset"]
-        path = self.root / instance_id / "instance.log"
-        data, size = await asyncio.to_thread(_read, path, offset)
-        if size < 0:  # not started yet, or never will be
-            if finished:
-                await self._close(instance_id)
-            return 0
-        if size < offset:
-            # The file was removed or replaced behind our back: start over rather than stall.
-            log.warning("instance log shrank; shipping it again from the start", instance_id=instance_id)
-            await self.pool.execute("UPDATE instances SET log_offset = 0 WHERE instance_id = $1", instance_id)
-            return 0
-        lines, consumed = _split(data, final=finished)
-        for start, line in lines:
-            record = events.LogLine(
-                at=time.time(), kind="instance", line=line, version=row["version"], instance_id=instance_id
-            )
-            await self.bus.publish_raw(
-                events.logs_subject(row["model_id"], "instance"),
-                events.encode(record),
-                msg_id=f"log:{instance_id}:{offset + start}",
-            )
-        if consumed:
-            await self.pool.execute(
-                "UPDATE instances SET log_offset = $2 WHERE instance_id = $1", instance_id, offset + consumed
-            )
-        if finished and offset + consumed >= size:
-            await self._close(instance_id)
-        return len(lines)
+    async def _original_end(self, seq: int | None, fallback: int) -> int:
+        try:
+            original = await self.bus.js.get_msg(events.LOGS_STREAM, seq)
+            return _batch_decoder.decode(original.data or b"").end
+        except Exception:  # gone (retention) or not a batch: what this batch covers is shipped
+            return fallback
 
-    async def _close(self, instance_id: str) -> None:
+    async def _commit(self, instance: _Open) -> None:
+        await self.pool.execute(
+            "UPDATE instances SET log_offset = $2 WHERE instance_id = $1", instance.instance_id, instance.offset
+        )
+        instance.committed = time.monotonic()
+
+    async def _close(self, instance: _Open) -> None:
+        await self._commit(instance)  # where a restart of the instance goes on from
         # Only while it is still not running: a restart may have reopened it meanwhile.
         await self.pool.execute(
             "UPDATE instances SET log_open = false WHERE instance_id = $1 AND state NOT IN ('starting', 'running')",
-            instance_id,
+            instance.instance_id,
         )
+        self.open.pop(instance.instance_id, None)
 
 
-def _read(path: Path, offset: int) -> tuple[bytes, int]:
-    """Up to CHUNK bytes from `offset`, and the file's size (-1 when there is no file)."""
+def _size(path: Path) -> int:
+    """The file's size, -1 when there is none: a stat, cheap enough for every round."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return -1
+
+
+def _groups(lines: list[tuple[int, str]], most: int) -> list[tuple[int, int]]:
+    """`lines` cut into [first, last) runs of at most `most` lines and about MAX_BATCH_BYTES of text."""
+    groups: list[tuple[int, int]] = []
+    first, size = 0, 0
+    for n, (_, text) in enumerate(lines):
+        if n > first and (n - first >= most or size + len(text) > MAX_BATCH_BYTES):
+            groups.append((first, n))
+            first, size = n, 0
+        size += len(text) + 1
+    if first < len(lines):
+        groups.append((first, len(lines)))
+    return groups
+
+
+def _read(path: Path, offset: int) -> bytes:
+    """Up to CHUNK bytes from `offset` (none when the file is gone)."""
     try:
         with path.open("rb") as f:
-            size = f.seek(0, 2)
-            if size <= offset:
-                return b"", size
             f.seek(offset)
-            return f.read(CHUNK), size
+            return f.read(CHUNK)
     except FileNotFoundError:
-        return b"", -1
+        return b""
 
 
 def _split(data: bytes, *, final: bool) -> tuple[list[tuple[int, str]], int]:

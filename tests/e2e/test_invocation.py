@@ -181,7 +181,7 @@ async def _log_lines(settings: Settings, model_id: str, want: str) -> list[str]:
         lines: list[str] = []
 
         async def keep(msg: Any) -> None:
-            lines.append(msgspec.json.decode(msg.data, type=events.LogLine).line)
+            lines.extend(msgspec.json.decode(msg.data, type=events.LogBatch).lines)
 
         sub = await js.subscribe(events.logs_subject(model_id, "instance"), cb=keep, ordered_consumer=True)
         await until(lambda: any(want in line for line in lines), within=20)

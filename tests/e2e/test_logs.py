@@ -3,6 +3,7 @@ and logs that survive a restart of every service."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import subprocess
@@ -11,9 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+import aiohttp
+import msgspec
+import nats
+
 from infra.supervisor import Platform
+from pier import events
 from pier.client import ApiError, Client
-from tests.e2e.conftest import TOKEN, pier
+from pier.config import Settings
+from tests.e2e.conftest import TOKEN, pier, running_platform
 from tests.support import until
 
 # Each call writes a line to the instance's stdout, which is its instance log.
@@ -141,3 +148,72 @@ async def test_logs_survive_a_restart_of_every_service(platform: Platform, tmp_p
     # The deployment log grew (the instance started again) and kept every old line, in order.
     after = _printed(platform, "kept", "--deployment")
     assert after[-len(before["deployment"]) :] == before["deployment"]
+
+
+QUIET = """
+def total(values):
+    return sum(values)
+"""
+
+
+def _instance_lines(client: Client, name: str) -> list[str]:
+    """Every instance log line the api serves for `name`, page after page, newest first."""
+    lines: list[str] = []
+    before = None
+    while True:
+        page = client.logs(name, kind="instance", limit=1000, before=before)
+        lines += [x["line"] for x in page["lines"]]
+        if (before := page["next_before"]) is None:
+            return lines
+
+
+async def test_a_thousand_calls_travel_in_a_handful_of_log_messages_and_all_are_readable(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A window longer than the calls take, so the count says how lines are batched, not how fast
+    # this machine is; with the default 0.2 s the same lines go in about (duration / 0.2 s) messages.
+    async with running_platform(msgspec.structs.replace(settings, log_batch_wait=2.0)) as platform:
+        code = tmp_path / "quiet"
+        code.mkdir()
+        (code / "predict.py").write_text(QUIET)
+        done = pier(platform, "deploy", str(code), "--name", "quiet", "--function", "total", "--unrestricted")
+        assert done.returncode == 0, done.stdout + done.stderr
+        client = _client(platform)
+        model_id = client.model("quiet")["id"]
+
+        carrying: list[int] = []  # per message on the logs subject: how many request-log lines it had
+        nc = await nats.connect(platform.settings.nats_url)
+        try:
+
+            async def count(msg: nats.aio.msg.Msg) -> None:
+                try:
+                    lines = msgspec.json.decode(msg.data, type=events.LogBatch).lines
+                except msgspec.ValidationError:  # a message of one line
+                    lines = [msgspec.json.decode(msg.data, type=events.LogLine).line]
+                carrying.append(sum("flood-" in line for line in lines))
+
+            await nc.subscribe(events.logs_subject(model_id, "instance"), cb=count)
+            url = f"{platform.settings.gateway_url}/models/quiet/latest/model"
+            body = {"data": {"values": [float(n) for n in range(16)]}}
+            async with aiohttp.ClientSession() as session:
+
+                async def call(n: int) -> int:
+                    async with session.post(url, json=body, headers={"X-Request-Id": f"flood-{n}"}) as r:
+                        return r.status
+
+                statuses: list[int] = []
+                for start in range(0, 1000, 50):
+                    statuses += await asyncio.gather(*(call(n) for n in range(start, start + 50)))
+            assert statuses == [200] * 1000
+
+            wanted = {f"request flood-{n} " for n in range(1000)}
+
+            def all_readable() -> bool:
+                logged = {line.split("POST")[0] for line in _instance_lines(client, "quiet")}
+                return wanted <= logged
+
+            await until(all_readable, within=30, every=0.5)
+            assert sum(carrying) == 1000
+            assert len([n for n in carrying if n]) <= 5, carrying
+        finally:
+            await nc.close()

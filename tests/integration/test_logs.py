@@ -15,7 +15,7 @@ import pytest
 
 from pier.bus import Bus
 from pier.config import Settings
-from pier.events import ROUTES_BUCKET, InstanceReady, RouteRecord
+from pier.events import ROUTES_BUCKET, InstanceReady, LogBatch, RouteRecord, encode, logs_subject
 from tests.integration.test_api import _source, api  # noqa: F401  (the fixture)
 from tests.support import until
 
@@ -100,6 +100,44 @@ async def test_a_follower_sees_a_new_line_within_a_second(api: Api, b: Bus) -> N
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert [x["line"] for x in seen] == ["before following", "a new line"]
+
+
+async def test_batched_lines_page_newest_first_one_by_one_and_a_repeat_writes_nothing(
+    api: Api,  # noqa: F811
+    b: Bus,
+) -> None:
+    session, settings = api
+    model_id = await _model(session, settings)
+    subject = logs_subject(model_id, "instance")
+    for n in range(3):  # as the log shipper sends them: batches of consecutive lines
+        batch = LogBatch(at=1.0, kind="instance", lines=[f"line {n * 5 + i}" for i in range(5)], instance_id="i-1")
+        await b.publish_raw(subject, encode(batch), msg_id=f"log:i-1:{n}")
+    await b.publish_raw(subject, encode(batch), msg_id="log:i-1:2")  # a repeat of the last one
+    await until(lambda: _count(session, model_id, 15, kind="instance"))
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await _lines(session, "m", kind="instance", limit=4, **({"before": cursor} if cursor else {}))
+        seen += [x["line"] for x in page["lines"]]
+        if (cursor := page["next_before"]) is None:
+            break
+    assert seen == [f"line {n}" for n in reversed(range(15))]
+
+    # A follower resuming after a line in the middle of a batch gets exactly the lines after it.
+    middle = (await _lines(session, "m", kind="instance", limit=8))["lines"][-1]
+    assert middle["line"] == "line 7"
+    async with session.get(
+        "/v1/models/m/logs", params={"kind": "instance", "follow": "true", "after": str(middle["seq"])}
+    ) as r:
+        followed: list[str] = []
+        async for raw in r.content:
+            text = raw.decode().strip()
+            if text.startswith("data:"):
+                followed.append(json.loads(text[5:])["line"])
+            if len(followed) == 7:
+                break
+    assert followed == [f"line {n}" for n in range(8, 15)]
 
 
 async def test_lifecycle_events_are_written_to_the_deployment_log(api: Api, b: Bus) -> None:  # noqa: F811

@@ -104,14 +104,19 @@ class Watch:
 
     def __init__(self) -> None:
         self.events: list[events.AnyEvent] = []
-        self.logs: list[events.LogLine] = []
+        self.logs: list[events.LogBatch] = []
 
     async def attach(self, b: Bus) -> None:
         async def on_event(msg: Any) -> None:
             self.events.append(events.decode_event(msg.data))
 
         async def on_log(msg: Any) -> None:
-            self.logs.append(msgspec.json.decode(msg.data, type=events.LogLine))
+            # The shipper sends instance logs in batches; anything else comes one line at a time.
+            if msg.subject.endswith(".instance"):
+                self.logs.append(msgspec.json.decode(msg.data, type=events.LogBatch))
+            else:
+                one = msgspec.json.decode(msg.data, type=events.LogLine)
+                self.logs.append(events.LogBatch(at=one.at, kind=one.kind, lines=[one.line], version=one.version))
 
         await b.nc.subscribe(f"{events.EVENTS_PREFIX}.>", cb=on_event)
         await b.nc.subscribe(f"{events.LOGS_PREFIX}.>", cb=on_log)
@@ -120,7 +125,7 @@ class Watch:
         return [e for e in self.events if isinstance(e, kind)]
 
     def lines(self) -> list[str]:
-        return [entry.line for entry in self.logs]
+        return [line for batch in self.logs for line in batch.lines]
 
 
 class Running:
@@ -229,7 +234,7 @@ async def test_place_starts_instances_that_answer_and_a_repeat_starts_nothing(se
 
         # What the instance printed reaches the logs stream, tagged with its instance.
         await until(lambda: any("predict called with 21" in line for line in s.watch.lines()))
-        entry = next(e for e in s.watch.logs if "predict called with 21" in e.line)
+        entry = next(e for e in s.watch.logs if any("predict called with 21" in line for line in e.lines))
         assert entry.kind == "instance" and entry.version == 1 and entry.instance_id in records
 
 

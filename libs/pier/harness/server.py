@@ -32,6 +32,7 @@ import msgspec
 import uvloop
 
 from pier.harness.loader import Functions, LoadError, argument_problems
+from pier.harness.requestlog import RequestLog
 from pier.http import SECRET_HEADER
 from pier.http.limits import Limits, from_env
 from pier.http.server import Request, Response, Server
@@ -198,6 +199,7 @@ class Harness:
         self.routes: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {
             "/ping": {"GET": self.ping},
             "/health": {"GET": self.health},
+            "/metrics": {"GET": self.metrics},
         }
         self.model_function = entrypoint.model_function()
         if self.model_function:  # a routes-only entrypoint has no /model endpoint
@@ -289,7 +291,7 @@ class Harness:
             body, status = msgspec.json.encode(envelope), 200
         except CallError as err:
             body, status = err.body(request_id), err.status
-        _log(
+        request_log(
             f"request {request_id} {request.method} {request.path} -> {status} "
             f"in {(time.perf_counter() - started) * 1000:.1f} ms"
         )
@@ -323,6 +325,9 @@ class Harness:
             return await self.respond(request, call)
 
         return handler
+
+    async def metrics(self, _: Request) -> Response:
+        return Response(200, request_log.metrics(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def ping(self, _: Request) -> Response:
         return Response(200, b'{"status":"ok"}')
@@ -413,7 +418,9 @@ def _json_body(request: Request) -> Any:
 
 
 class _Log:
-    """Lines for the instance log, written once per turn of the event loop, after the answers.
+    """The harness's own lines for the instance log (a call's traceback, a failure), never dropped,
+    written once per turn of the event loop, after the answers. Request-log lines go through
+    `request_log` instead.
 
     A `print(..., flush=True)` per call was a write system call on every call's path; here the
     lines of the calls answered in one turn of the loop go out in one write, in order."""
@@ -438,6 +445,8 @@ class _Log:
 
 
 _log = _Log()
+# One line per call; dropped (counted) rather than slowing a call when the log falls behind.
+request_log = RequestLog()
 
 
 async def serve_harness(
@@ -468,6 +477,7 @@ async def _serve_until_stopped(harness: Harness, max_body: int, port: int, limit
     await server.close(grace=8.0)
     if _log.lines:
         _log.flush()
+    request_log.close()
 
 
 def main() -> None:

@@ -1,0 +1,517 @@
+"""Speed as users get it: the platform started as `make up` starts it, measured with wrk in one run.
+
+    .venv/bin/pip install -e '.[bench]' && apt-get install wrk
+    .venv/bin/python -m bench.platform [--quick] [--runs 3] [--duration 5] [--no-bentoml]
+
+1. The sum of 16 floats, deployed with the CLI (`--instances 1 --unrestricted`), at c=1/8/64:
+   through the platform's gateway, direct to its instance, the isolated gateway path of
+   bench/gateway (its own NATS, no control plane), Flask + gunicorn w2 and a bare single-process
+   handler; then the ratios (targets: platform >= 2.5x Flask at c=64, >= 0.9x the isolated path,
+   gateway-added p50 at c=1 <= 150 us).
+2. CPU seconds per 1,000 calls of each platform process at c=64 (from /proc): the gateway, the
+   instance, and the control plane (api, scheduler, builder, monitor, nats-server, postgres),
+   whose sum should stay within 5 % of the gateway's and the instance's.
+3. The iris classifier (scikit-learn) deployed with requirements.txt: Pier vs BentoML (latest,
+   `bentoml serve`, in a venv of its own under ~/.cache/pier-bench) vs Flask + gunicorn w2.
+4. Overload isolation: model API A offered 20x its capacity while B runs at a tenth of its own:
+   B's p99 against B alone, and what A answered (only 200, and 503 with Retry-After).
+
+Figures are medians of `--runs` runs and every ratio comes from this run. Everything the bench
+starts is stopped by pid on the way out, on Ctrl-C and on failure too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+import venv
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+import aiohttp
+
+from bench.gateway import BODY, LUA, MODEL, flask_command, isolated, process, wrk
+from infra.embedded import NatsServer, PostgresServer, free_port, wait_for_port
+from infra.supervisor import Platform
+from pier import config
+from pier.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pier-bench"
+CONTROL_PLANE = ("api", "scheduler", "builder", "monitor", "nats-server", "postgres")
+
+BARE = """
+import asyncio
+import sys
+
+import msgspec
+import uvloop
+
+from pier.harness.http import Response, Server
+
+
+async def handle(request):
+    return Response(200, msgspec.json.encode({"result": sum(msgspec.json.decode(request.body)["data"]["x"])}))
+
+
+async def main(port):
+    server = Server(handle, lambda request, status: Response(status), max_body=1 << 20, log_error=print)
+    await server.listen_tcp("127.0.0.1", port)
+    await asyncio.Event().wait()
+
+
+uvloop.run(main(int(sys.argv[1])))
+"""
+
+IRIS = """
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+_X, _y = load_iris(return_X_y=True)
+_model = LogisticRegression(max_iter=1000).fit(_X, _y)
+
+
+def predict(rows):
+    return _model.predict(rows).tolist()
+"""
+IRIS_ROW = [[5.1, 3.5, 1.4, 0.2]]
+
+FLASK_IRIS = """
+from flask import Flask, jsonify, request
+
+from iris_model import predict
+
+app = Flask(__name__)
+
+
+@app.post("/model")
+def model():
+    return jsonify({"result": predict(**request.get_json()["data"])})
+"""
+
+BENTO_IRIS = """
+import bentoml
+
+from iris_model import predict as classify
+
+
+@bentoml.service
+class Iris:
+    @bentoml.api
+    def predict(self, rows: list[list[float]]) -> list[int]:
+        return classify(rows)
+"""
+
+SLOW = """
+import time
+
+
+def predict(x):
+    time.sleep({seconds})
+    return sum(x)
+"""
+
+Figures = tuple[float, float, float]  # req/s, p50 us, p99 us
+
+
+NO_FIGURES: Figures = (float("nan"), float("nan"), float("nan"))
+
+
+def attempt(url: str, c: int, duration: float, script: Path) -> Figures:
+    """wrk's figures, or NaN with the reason printed when calls failed (a 503 from shedding on a
+    starved machine, say): one bad measurement does not end the run, and it shows in the table."""
+    try:
+        return wrk(url, c, duration, script)
+    except SystemExit as failed:
+        print(f"  ({str(failed).splitlines()[0]})", flush=True)
+        return NO_FIGURES
+
+
+class Bench:
+    def __init__(self, work: Path, runs: int, duration: float, concurrency: list[int]) -> None:
+        self.work, self.runs, self.duration, self.concurrency = work, runs, duration, concurrency
+        self.scripts: dict[str, Path] = {}
+
+    def script(self, body: str) -> Path:
+        if body not in self.scripts:
+            path = self.scripts[body] = self.work / f"post-{len(self.scripts)}.lua"
+            path.write_text(LUA % body)
+        return self.scripts[body]
+
+    def measure(self, url: str, c: int, body: str = BODY, between: Callable[[], None] | None = None) -> Figures:
+        """Medians of `runs` wrk runs; `between` (if given) is called after each, for sampling."""
+        runs = []
+        for _ in range(self.runs):
+            runs.append(attempt(url, c, self.duration, self.script(body)))
+            if between:
+                between()
+        return (
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+            statistics.median(r[2] for r in runs),
+        )
+
+    def table(self, title: str, targets: dict[str, str], body: str = BODY) -> dict[tuple[str, int], Figures]:
+        for url in targets.values():  # warm up every path (connections, imports)
+            attempt(url, 8, 1, self.script(body))
+        print(f"\n{title}\n{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}", flush=True)
+        results: dict[tuple[str, int], Figures] = {}
+        for c in self.concurrency:
+            for name, url in targets.items():
+                results[(name, c)] = rps, p50, p99 = self.measure(url, c, body)
+                print(f"{name:22} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99:>9.0f}", flush=True)
+        return results
+
+
+# ---- the platform, as `make up` runs it -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def platform(home: Path) -> Iterator[tuple[Platform, dict[str, int]]]:
+    """NATS, PostgreSQL and the five services (infra.supervisor's pieces) on free ports under
+    `home`; yields the platform and the pids of nats-server and the postmaster."""
+    nats = NatsServer(home / "nats", port=free_port())
+    pg = PostgresServer(home / "postgres", port=free_port())
+    settings = config.load(
+        env={},
+        home=home,
+        nats_url=nats.url,
+        database_url=pg.url("pier"),
+        api_port=free_port(),
+        gateway_port=free_port(),
+        gateway_metrics_port=free_port(),
+        log_level="warning",
+    )
+    token = f"pier_{secrets.token_urlsafe(32)}"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "credentials.json").write_text(
+        json.dumps({"api_url": settings.api_url, "gateway_url": settings.gateway_url, "token": token})
+    )
+    running = Platform(settings, token)
+    try:
+        nats.start()
+        pg.start()
+        pg.create_database("pier")
+        running.start()
+        asyncio.run(running.wait_healthy(within=120))
+        assert nats.proc is not None and pg.proc is not None
+        yield running, {"nats-server": nats.proc.pid, "postgres": pg.proc.pid}
+    finally:
+        running.stop()
+        pg.stop()
+        nats.stop()
+
+
+def deploy(running: Platform, code: Path, name: str) -> tuple[str, int]:
+    """`pier deploy` as a user runs it; the instance's address and pid once it serves."""
+    env = {**os.environ, "PIER_HOME": str(running.settings.home), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pier", "deploy", str(code), "--name", name, "--instances", "1", "--unrestricted"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode:
+        raise SystemExit(f"pier deploy {name} failed:\n{done.stdout}{done.stderr}")
+    token = json.loads((running.settings.home / "credentials.json").read_text())["token"]
+    client = Client(api_url=running.settings.api_url, gateway_url=running.settings.gateway_url, token=token)
+    instance = client.model(name)["running_instances"][0]
+    handle = json.loads((running.settings.home / "instances" / instance["instance_id"] / "pid").read_text())
+    return str(instance["address"]), int(handle["pid"])
+
+
+def write_code(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+# ---- CPU per call, from /proc ---------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, CPU seconds so far)."""
+    out: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+        out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+    return out
+
+
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process with its descendants (a descendant that is itself named,
+    as an instance started by the scheduler, counts for its own name only)."""
+    table = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    named = set(roots.values())
+    out: dict[str, float] = {}
+    for name, root in roots.items():
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            total += table.get(pid, (0, 0.0))[1]
+            todo += [c for c in children.get(pid, []) if c not in named]
+        out[name] = total
+    return out
+
+
+# ---- overload: an open-loop load at a fixed rate --------------------------------------------------
+
+
+async def open_loop(url: str, rate: float, duration: float) -> list[tuple[int, float, bool]]:
+    """POSTs of BODY at `rate` per second for `duration` seconds, each sent on time whether or not
+    the earlier ones were answered: (status, latency s, has Retry-After) of each."""
+    answers: list[tuple[int, float, bool]] = []
+    data = BODY.encode()
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+
+        async def one() -> None:
+            started = time.perf_counter()
+            try:
+                async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    answers.append((r.status, time.perf_counter() - started, "Retry-After" in r.headers))
+            except (aiohttp.ClientError, TimeoutError):
+                answers.append((0, time.perf_counter() - started, False))
+
+        tasks = []
+        begin = time.perf_counter()
+        for n in range(int(rate * duration)):
+            delay = begin + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return answers
+
+
+def p99(answers: list[tuple[int, float, bool]]) -> float:
+    latencies = sorted(latency for status, latency, _ in answers if status == 200)
+    return latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e6 if latencies else float("nan")
+
+
+async def overload(gateway: str, duration: float) -> None:
+    a, b = f"{gateway}/models/flood/latest/model", f"{gateway}/models/calm/latest/model"
+    # Capacities: one worker each; A sleeps 50 ms a call (20/s), B 10 ms (100/s).
+    alone = await open_loop(b, 10.0, duration)
+    both = await asyncio.gather(open_loop(a, 400.0, duration), open_loop(b, 10.0, duration))
+    flooded, beside = both
+    statuses: dict[int, int] = {}
+    for status, _, _ in flooded:
+        statuses[status] = statuses.get(status, 0) + 1
+    no_retry_after = sum(1 for status, _, has in flooded if status == 503 and not has)
+    print("\noverload isolation (A: 20x its capacity of 20/s; B: 10/s, a tenth of its 100/s)")
+    print(f"B alone p99 {p99(alone):.0f} us; B beside A p99 {p99(beside):.0f} us: {p99(beside) / p99(alone):.2f}x")
+    print(f"A answered {dict(sorted(statuses.items()))}; 503s without Retry-After: {no_retry_after}")
+    print(f"B answered {sorted({s for s, _, _ in beside})}")
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+def _bentoml(work: Path, port: int) -> list[str]:
+    """`bentoml serve` from a venv of its own under the cache dir (made, with scikit-learn, once)."""
+    env = CACHE / "bentoml-venv"
+    bentoml = env / "bin" / "bentoml"
+    if not bentoml.exists():
+        print(f"installing BentoML into {env} (once) ...", flush=True)
+        venv.create(env, with_pip=True, clear=True)
+        subprocess.run([str(env / "bin" / "pip"), "install", "-q", "bentoml", "scikit-learn"], check=True)
+    return [str(bentoml), "serve", "service:Iris", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _stop_on_sigterm() -> None:
+    def stop(signum: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run: 1 run of 2 s per figure")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is shown (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    parser.add_argument("--no-bentoml", action="store_true", help="leave BentoML out (it is installed from PyPI)")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.duration = 1, 2.0
+    _stop_on_sigterm()
+    with tempfile.TemporaryDirectory(prefix="pier-bench-platform-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        bench = Bench(work, args.runs, args.duration, [1, 8, 64])
+        base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
+
+        print("starting the platform (NATS, PostgreSQL, api, builder, scheduler, monitor, gateway) ...", flush=True)
+        running, servers = stack.enter_context(platform(work / "home"))
+        gateway = running.settings.gateway_url
+        address, instance_pid = deploy(running, write_code(work / "sum", {"predict.py": MODEL}), "sum")
+        isolated_targets, _ = stack.enter_context(isolated(work / "isolated"))
+        ports = {"bare": free_port()}
+        write_code(work / "bare", {"bare.py": BARE})
+        stack.enter_context(
+            process([sys.executable, str(work / "bare" / "bare.py"), str(ports["bare"])], ports["bare"], base_env,
+                    work / "bare.log")
+        )  # fmt: skip
+
+        # 1. The sum of 16 floats, and CPU per call at c=64.
+        roots = {
+            "gateway": running.services["gateway"].proc.pid,  # type: ignore[union-attr]
+            "instance": instance_pid,
+            **{name: running.services[name].proc.pid for name in ("api", "scheduler", "builder", "monitor")},  # type: ignore[union-attr]
+            **servers,
+        }
+        targets = {
+            "platform gateway": f"{gateway}/models/sum/latest/model",
+            "platform direct": f"http://{address}/model",
+            "isolated gateway": isolated_targets["a gateway"],
+            "isolated direct": isolated_targets["b direct"],
+            "flask gunicorn w2": isolated_targets["c flask"],
+            "bare handler": f"http://127.0.0.1:{ports['bare']}/model",
+        }
+        results = bench.table("the sum of 16 floats", targets)
+        top = max(bench.concurrency)
+        # What the platform spends with no calls at all (probes, polls, heartbeats), over as long.
+        idle_from, idle_began = cpu_seconds(roots), time.monotonic()
+        time.sleep(bench.runs * max(1, round(bench.duration)))
+        idle_for = time.monotonic() - idle_began
+        idle = {name: cpu - idle_from[name] for name, cpu in cpu_seconds(roots).items()}
+        before, began = cpu_seconds(roots), time.monotonic()
+        calls = 0.0
+
+        def count() -> None:
+            nonlocal calls
+            calls += last[0] * max(1, round(bench.duration))
+
+        last = (0.0, 0.0, 0.0)
+        for _ in range(bench.runs):
+            last = attempt(targets["platform gateway"], top, bench.duration, bench.script(BODY))
+            if last[0] != last[0]:  # NaN: failed calls, so no count of calls
+                last = (0.0, 0.0, 0.0)
+            count()
+        spent = {name: cpu - before[name] for name, cpu in cpu_seconds(roots).items()}
+        calls = calls or float("nan")  # every run failed: the table says nan rather than dividing by 0
+        loaded_for = time.monotonic() - began
+        # The calls' share: what was spent under load less what the same time costs idle.
+        per_call = {name: max(0.0, spent[name] - idle[name] * loaded_for / idle_for) for name in spent}
+        print(f"\nCPU seconds per 1,000 calls through the platform at c={top}: {calls:.0f} calls in {loaded_for:.0f} s")
+        print(f"  {'':12} {'in all':>8} {'idle':>8} {'per call':>8}   (idle: the same time with no calls)")
+        for name, seconds in spent.items():
+            scale = 1000 / calls
+            print(
+                f"  {name:12} {seconds * scale:8.4f} {idle[name] * loaded_for / idle_for * scale:8.4f}"
+                f" {per_call[name] * scale:8.4f}"
+            )
+        for label, figures in (("in all", spent), ("per call", per_call)):
+            data_plane = figures["gateway"] + figures["instance"]
+            control = sum(figures[name] for name in CONTROL_PLANE)
+            share = control / data_plane * 100
+            print(f"  control plane / (gateway + instance), {label}: {share:.1f} % (target <= 5 %)")
+
+        print()
+        for c in bench.concurrency:
+            pg, pd = results[("platform gateway", c)], results[("platform direct", c)]
+            ig, fl = results[("isolated gateway", c)], results[("flask gunicorn w2", c)]
+            print(
+                f"c={c:<3} platform/flask {pg[0] / fl[0]:.2f}x  platform/isolated {pg[0] / ig[0]:.2f}x"
+                f"  gateway-added p50 (platform gateway - direct) {pg[1] - pd[1]:.0f} us"
+            )
+
+        # 2. Iris: Pier vs BentoML vs Flask.
+        iris_files = {"predict.py": IRIS, "requirements.txt": "scikit-learn\n"}
+        deploy(running, write_code(work / "iris", iris_files), "iris")
+        write_code(work / "iris-peers", {"iris_model.py": IRIS, "flask_iris.py": FLASK_IRIS, "service.py": BENTO_IRIS})
+        ports["flask-iris"] = free_port()
+        stack.enter_context(
+            process(flask_command(work / "iris-peers", ports["flask-iris"], "flask_iris:app"), ports["flask-iris"],
+                    base_env, work / "flask-iris.log")
+        )  # fmt: skip
+        iris_body = json.dumps({"data": {"rows": IRIS_ROW}})
+        iris = {
+            "pier": (f"{gateway}/models/iris/latest/model", iris_body),
+            "flask gunicorn w2": (f"http://127.0.0.1:{ports['flask-iris']}/model", iris_body),
+        }
+        if not args.no_bentoml:
+            ports["bentoml"] = free_port()
+            command = _bentoml(work, ports["bentoml"])
+            with open(work / "bentoml.log", "ab") as log:
+                bento = subprocess.Popen(
+                    command, cwd=work / "iris-peers", stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            stack.callback(_stop_tree, bento)
+            wait_for_port(ports["bentoml"], bento, "bentoml serve", timeout=120)
+            _until_ready(f"http://127.0.0.1:{ports['bentoml']}/readyz", bento)
+            iris["bentoml"] = (f"http://127.0.0.1:{ports['bentoml']}/predict", json.dumps({"rows": IRIS_ROW}))
+        print("\nthe iris classifier (one row)")
+        print(f"{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}")
+        iris_results: dict[tuple[str, int], Figures] = {}
+        for url, body in iris.values():
+            attempt(url, 8, 1, bench.script(body))
+        for c in bench.concurrency:
+            for name, (url, body) in iris.items():
+                iris_results[(name, c)] = rps, p50, p99_ = bench.measure(url, c, body)
+                print(f"{name:22} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99_:>9.0f}", flush=True)
+        for peer in [name for name in iris if name != "pier"]:
+            ratio = iris_results[("pier", top)][0] / iris_results[(peer, top)][0]
+            print(f"pier / {peer} at c={top}: {ratio:.2f}x")
+
+        # 3. Overload isolation.
+        deploy(running, write_code(work / "flood", {"predict.py": SLOW.format(seconds=0.05)}), "flood")
+        deploy(running, write_code(work / "calm", {"predict.py": SLOW.format(seconds=0.01)}), "calm")
+        asyncio.run(overload(gateway, max(5.0, bench.duration * 2)))
+
+
+def _until_ready(url: str, proc: subprocess.Popen[bytes], within: float = 180.0) -> None:
+    """BentoML opens its port before its workers can answer: wait for its readiness route."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{url}: the server exited ({proc.returncode})")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+            if answer.status == 200:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"{url}: not ready after {within:g} s")
+
+
+def _stop_tree(proc: subprocess.Popen[bytes]) -> None:
+    """`bentoml serve` runs workers of its own, in its session: signal them all, then wait for it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
