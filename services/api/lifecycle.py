@@ -209,7 +209,9 @@ class Lifecycle:
             if model is None:
                 return
             await self._apply(conn, model, event)
-        await self.publish_route(model_id)
+            # Published before the commit: once a reader sees the model API running, the gateway's
+            # route bucket already says which version serves (a client may call at once).
+            await routing.publish(self.bus, conn, model_id)
 
     async def _apply(self, conn: asyncpg.Connection, model: asyncpg.Record, event: AnyEvent) -> None:
         mid = model["id"]
