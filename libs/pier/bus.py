@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -269,3 +269,16 @@ async def watch(kv: KeyValue, loaded: asyncio.Event) -> AsyncIterator[KVChange]:
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], every: float = 1.0) -> None:
+    """Cancel `tasks` and return once each has ended, cancelling again while one still runs.
+
+    A watch loop can outlive one `cancel()`: on Python 3.11, `asyncio.wait_for` (which nats-py's
+    watchers use) swallows a cancellation that lands just as its inner future completes, and the loop
+    then goes on, keeping the TaskGroup that owns it from ever closing."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)

@@ -15,7 +15,7 @@ import msgspec
 import structlog
 
 from pier import metrics, telemetry
-from pier.bus import Bus
+from pier.bus import Bus, cancel_and_wait
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
 from pier.http import SECRET_HEADER
@@ -437,5 +437,4 @@ async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
         finally:
             await metrics_server.close()
             await server.close()
-            for task in followers:
-                task.cancel()
+            await cancel_and_wait(followers)

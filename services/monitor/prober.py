@@ -25,7 +25,7 @@ import structlog
 from nats.js.kv import KeyValue
 
 from pier import metrics
-from pier.bus import Bus, kv_update, watch
+from pier.bus import Bus, cancel_and_wait, kv_update, watch
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RouteRecord
 from pier.http import SECRET_HEADER
 from services.monitor.membership import Membership
@@ -304,6 +304,8 @@ async def running(
             await loaded.wait()
             yield prober
         finally:
-            watch.cancel()
-            route_watch.cancel()
+            # Both watches end before the probes stop, so no probe loop starts after stop().
+            await cancel_and_wait([watch, route_watch])
+            probes = [w.task for w in prober._watched.values() if w.task is not None]
             prober.stop()
+            await cancel_and_wait(probes)
