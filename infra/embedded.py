@@ -406,14 +406,13 @@ class PostgresServer:
                 raise TimeoutError(f"postgres did not accept connections on port {self.port}: {done.stderr.strip()}")
             time.sleep(0.1)
 
-    def create_database(self, name: str) -> None:
-        """Create `name` unless it exists."""
-        quoted = name.replace('"', '""')
-        found = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name.replace(chr(39), chr(39) * 2)}'")
+    def create_database(self, name: str, owner: str = "postgres") -> None:
+        """Create `name`, owned by the role `owner`, unless it exists."""
+        found = self._psql(f"SELECT 1 FROM pg_database WHERE datname = {_sql_literal(name)}")
         if found.returncode != 0:
             raise RuntimeError(f"postgres on port {self.port}: {found.stderr.strip()}")
         if found.stdout.strip() != "1":
-            made = self._psql(f'CREATE DATABASE "{quoted}"')
+            made = self._psql(f"CREATE DATABASE {_sql_ident(name)} OWNER {_sql_ident(owner)}")
             if made.returncode != 0:
                 raise RuntimeError(f"could not create database {name}: {made.stderr.strip()}")
 
@@ -425,21 +424,27 @@ class PostgresServer:
         an older Pier made as the superuser (schemas, tables, sequences, functions, types), so an
         upgraded PIER_HOME keeps its data and its services can still migrate it. (REASSIGN OWNED
         cannot do this: the bootstrap superuser's objects include the system catalogs.)"""
-        literal, ident = _sql_literal(password), _sql_ident(role)
-        created = self._psql(
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_sql_literal(role)}) THEN"
-            f" CREATE ROLE {ident}; END IF; END $$;\n"
-            f"ALTER ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            f" PASSWORD {literal};\n"
-        )
-        if created.returncode != 0:
-            raise RuntimeError(f"could not create the PostgreSQL role {role}: {created.stderr.strip()}")
+        self.create_role(role, password)
         self.create_database(name)
+        ident = _sql_ident(role)
         done = self._psql(
             f"ALTER DATABASE {_sql_ident(name)} OWNER TO {ident};\n" + _HAND_OVER.replace("{role}", ident), name
         )
         if done.returncode != 0:
             raise RuntimeError(f"could not give database {name} to {role}: {done.stderr.strip()}")
+
+    def create_role(self, role: str, password: str) -> None:
+        """A login role with `password` and no power beyond what it owns (idempotent; the password is
+        set again each time)."""
+        ident = _sql_ident(role)
+        created = self._psql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_sql_literal(role)}) THEN"
+            f" CREATE ROLE {ident}; END IF; END $$;\n"
+            f"ALTER ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            f" PASSWORD {_sql_literal(password)};\n"
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"could not create the PostgreSQL role {role}: {created.stderr.strip()}")
 
     def stop_stale(self) -> None:
         """A server of this data directory that an earlier start left running (its starter was killed
