@@ -194,6 +194,49 @@ host all all ::1/128 scram-sha-256
 """
 
 
+# Every object in the platform's schemas not yet the role's becomes the role's. Indexes and the
+# sequences of serial columns follow their table; array and row types follow their element.
+_HAND_OVER = """\
+DO $$
+DECLARE
+    item record;
+    system_schema constant text := '^(pg_.*|information_schema)$';
+    kinds constant jsonb := '{"r": "TABLE", "p": "TABLE", "f": "FOREIGN TABLE", "v": "VIEW",
+                              "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}';
+BEGIN
+    FOR item IN SELECT nspname FROM pg_namespace
+            WHERE nspname !~ system_schema
+            AND nspowner NOT IN ('{role}'::regrole, 'pg_database_owner'::regrole) LOOP
+        EXECUTE format('ALTER SCHEMA %I OWNER TO {role}', item.nspname);
+    END LOOP;
+    FOR item IN SELECT c.oid::regclass AS name, kinds ->> c.relkind::text AS kind
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname !~ system_schema AND c.relowner <> '{role}'::regrole AND kinds ? c.relkind::text
+            AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                            AND d.objid = c.oid AND d.deptype IN ('a', 'i')) LOOP
+        EXECUTE format('ALTER %s %s OWNER TO {role}', item.kind, item.name);
+    END LOOP;
+    FOR item IN SELECT p.oid::regprocedure AS name FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname !~ system_schema AND p.proowner <> '{role}'::regrole AND p.prokind IN ('f', 'p') LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO {role}', item.name);
+    END LOOP;
+    FOR item IN SELECT t.oid::regtype AS name FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+            WHERE n.nspname !~ system_schema AND t.typowner <> '{role}'::regrole
+            AND t.typtype IN ('e', 'd', 'r') LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO {role}', item.name);
+    END LOOP;
+END $$;
+"""
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 class PostgresServer:
     """A PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only, its superuser `postgres`
     with `password` (scram-sha-256; generated when not given).
@@ -321,8 +364,12 @@ class PostgresServer:
         self._psql("SELECT pg_reload_conf()")
 
     def _client_env(self) -> dict[str, str]:
-        # psql's child environment is readable by this OS user only, and lives for milliseconds.
-        return {**os.environ, "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "5"}
+        # The password in a file (0600) psql reads, not in its environment, where it would be the one
+        # secret in a process's environment that `make up` leaves there, however briefly.
+        passfile = self.data_dir.parent / f"{self.data_dir.name}.pgpass"
+        escaped = self.password.replace("\\", "\\\\").replace(":", "\\:")
+        write_secret(passfile, f"127.0.0.1:{self.port}:*:postgres:{escaped}\n")
+        return {**os.environ, "PGPASSFILE": str(passfile), "PGCONNECT_TIMEOUT": "5"}
 
     def _psql(self, sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
         """Run SQL (given on stdin, so no secret is on a command line) and return psql's result."""
@@ -359,16 +406,45 @@ class PostgresServer:
                 raise TimeoutError(f"postgres did not accept connections on port {self.port}: {done.stderr.strip()}")
             time.sleep(0.1)
 
-    def create_database(self, name: str) -> None:
-        """Create `name` unless it exists."""
-        quoted = name.replace('"', '""')
-        found = self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{name.replace(chr(39), chr(39) * 2)}'")
+    def create_database(self, name: str, owner: str = "postgres") -> None:
+        """Create `name`, owned by the role `owner`, unless it exists."""
+        found = self._psql(f"SELECT 1 FROM pg_database WHERE datname = {_sql_literal(name)}")
         if found.returncode != 0:
             raise RuntimeError(f"postgres on port {self.port}: {found.stderr.strip()}")
         if found.stdout.strip() != "1":
-            made = self._psql(f'CREATE DATABASE "{quoted}"')
+            made = self._psql(f"CREATE DATABASE {_sql_ident(name)} OWNER {_sql_ident(owner)}")
             if made.returncode != 0:
                 raise RuntimeError(f"could not create database {name}: {made.stderr.strip()}")
+
+    def give_database(self, name: str, role: str, password: str) -> None:
+        """Make `role` a login role with `password` and no other power (no superuser, no creating
+        roles or databases), owning database `name` (created if missing) and every object in it.
+
+        Run at every start: it sets the password the role's file holds now, and it hands over what
+        an older Pier made as the superuser (schemas, tables, sequences, functions, types), so an
+        upgraded PIER_HOME keeps its data and its services can still migrate it. (REASSIGN OWNED
+        cannot do this: the bootstrap superuser's objects include the system catalogs.)"""
+        self.create_role(role, password)
+        self.create_database(name)
+        ident = _sql_ident(role)
+        done = self._psql(
+            f"ALTER DATABASE {_sql_ident(name)} OWNER TO {ident};\n" + _HAND_OVER.replace("{role}", ident), name
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"could not give database {name} to {role}: {done.stderr.strip()}")
+
+    def create_role(self, role: str, password: str) -> None:
+        """A login role with `password` and no power beyond what it owns (idempotent; the password is
+        set again each time)."""
+        ident = _sql_ident(role)
+        created = self._psql(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_sql_literal(role)}) THEN"
+            f" CREATE ROLE {ident}; END IF; END $$;\n"
+            f"ALTER ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            f" PASSWORD {_sql_literal(password)};\n"
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"could not create the PostgreSQL role {role}: {created.stderr.strip()}")
 
     def stop_stale(self) -> None:
         """A server of this data directory that an earlier start left running (its starter was killed

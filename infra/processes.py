@@ -26,15 +26,26 @@ class PidRecord(msgspec.Struct, frozen=True):
     start_time: int
 
 
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when there is no such live process."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat from the state (field 3) on, or None when there is no such live process."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     fields = raw[raw.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    return None if fields[0] in ("Z", "X") else fields
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when there is no such live process."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+def process_group(pid: int) -> int | None:
+    fields = _stat(pid)
+    return None if fields is None else int(fields[2])
 
 
 def alive(record: PidRecord) -> bool:
@@ -132,18 +143,23 @@ def processes_under(root: Path) -> list[PidRecord]:
     return found
 
 
+def unrecorded_under(root: Path, pid_files: Iterable[Path]) -> list[PidRecord]:
+    """Processes under `root` (as `processes_under`) in no process group that a pid file names: runs
+    whose starter died before it recorded them. A recorded group whose leader is gone still counts as
+    recorded: its pid is not reused while the group lives, and its owner stops it."""
+    recorded = set()
+    for path in pid_files:
+        record = read_record(path)
+        if record is not None and start_time(record.pid) in (None, record.start_time):
+            recorded.add(record.pid)
+    return [r for r in processes_under(root) if process_group(r.pid) not in recorded]
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL what is left of a process group whose leader is gone (PostgreSQL's backends after
     its postmaster was killed). The kernel reuses no pid while a group carries it, so the members
     found are that group's."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                raw = Path(f"/proc/{entry.name}/stat").read_text()
-                if int(raw[raw.rindex(")") + 2 :].split()[2]) == pgid:
-                    members.append(int(entry.name))
-    if members:
+    if any(e.name.isdigit() and process_group(int(e.name)) == pgid for e in os.scandir("/proc")):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
 

@@ -27,7 +27,7 @@ import nats
 import nats.errors
 
 from infra import processes
-from infra.credentials import SUPERVISOR, Credentials, nats_permissions
+from infra.credentials import DATABASE_PASSWORD, DATABASE_ROLE, SUPERVISOR, Credentials, nats_permissions
 from infra.embedded import NatsServer, NotOurServer, PostgresServer, port_taken, write_secret
 from pier import config
 from pier.config import Settings
@@ -86,10 +86,18 @@ class Platform:
         self.log_dir = settings.home / "logs"
         env = {**os.environ, **config.to_env(settings)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), env.get("PYTHONPATH")]))
+        # No service but the api has any business with the admin token.
+        env["PIER_ADMIN_TOKEN"] = env["PIER_ADMIN_TOKEN_FILE"] = ""
+        admin = self._admin_token_env(admin_token)
         self.services = {}
         for name in SERVICES:
-            own = {**env, **self._credentials_env(name), "PIER_ADMIN_TOKEN": admin_token if name == "api" else ""}
+            own = {**env, **self._credentials_env(name), **(admin if name == "api" else {})}
             self.services[name] = Service(name, own, self.log_dir)
+
+    def _admin_token_env(self, token: str) -> dict[str, str]:
+        if self.credentials is None:
+            return {"PIER_ADMIN_TOKEN": token}
+        return {"PIER_ADMIN_TOKEN_FILE": str(self.credentials.keep_admin_token(token))}
 
     def _credentials_env(self, name: str) -> dict[str, str]:
         if self.credentials is None:
@@ -98,8 +106,8 @@ class Platform:
         return {
             "PIER_NATS_URL": f"nats://{name}@{nats_url.hostname}:{nats_url.port or 4222}",
             "PIER_NATS_PASSWORD_FILE": str(self.credentials.file(f"nats-{name}")),
-            "PIER_DATABASE_URL": f"postgresql://postgres@{pg_url.hostname}:{pg_url.port or 5432}{pg_url.path}",
-            "PIER_DATABASE_PASSWORD_FILE": str(self.credentials.file("postgres")),
+            "PIER_DATABASE_URL": f"postgresql://{DATABASE_ROLE}@{pg_url.hostname}:{pg_url.port or 5432}{pg_url.path}",
+            "PIER_DATABASE_PASSWORD_FILE": str(self.credentials.file(DATABASE_PASSWORD)),
         }
 
     def start(self) -> None:
@@ -160,6 +168,15 @@ class Platform:
         processes.stop_pids(unrecorded, signal.SIGKILL, INSTANCE_STOP_TIMEOUT)
         return stopped + len(unrecorded)
 
+    def stop_unrecorded_instances(self) -> int:
+        """Instances no pid file names, left by a scheduler killed while it started them (with its
+        supervisor, say): nothing would adopt them, and they would hold their ports and GPUs until
+        the next stop. Before the scheduler starts, which adopts the recorded ones."""
+        root = instances_root(self.settings.home)
+        unrecorded = processes.unrecorded_under(root, root.glob("*/pid"))
+        processes.stop_pids(unrecorded, signal.SIGKILL, INSTANCE_STOP_TIMEOUT)
+        return len(unrecorded)
+
     def stop(self) -> None:
         self.stop_services()
         stopped = self.stop_instances()
@@ -215,6 +232,7 @@ class Up:
             permissions=nats_permissions(SERVICES),
         )
         self.pg = PostgresServer(home / "postgres", port=self.pg_port, password=credentials.postgres())
+        self.database_password = credentials.database()
         self.credentials_path = _credentials_file(settings)
         token = json.loads(self.credentials_path.read_text())["token"]
         self.platform = Platform(settings, token, credentials)
@@ -247,7 +265,7 @@ class Up:
             self.pg.start()
         except NotOurServer as exc:
             raise StartFailed(str(exc)) from None
-        self.pg.create_database(self.database)
+        self.pg.give_database(self.database, DATABASE_ROLE, self.database_password)
 
     def stop(self) -> None:
         self.platform.stop_services()
@@ -268,6 +286,8 @@ async def up() -> None:
     run.check()
     try:
         run.start_servers()
+        if swept := run.platform.stop_unrecorded_instances():
+            _say(f"stopped {swept} model API instance(s) that no pid file names")
         run.platform.start()
         await run.platform.wait_healthy()
         _say(f"ready in {time.monotonic() - started:.1f}s")

@@ -1,21 +1,26 @@
 """Real NATS and PostgreSQL for the suite, on free ports, stopped by pid even when a test fails.
 
-PostgreSQL starts once per session and each test gets a database of its own; NATS starts in
-about 50 ms, so each test gets a server of its own and no stream is shared between tests. Both
-require a password, as under `make up`; the settings' URLs carry it.
+PostgreSQL starts once per session and each test gets a database of its own, which the services
+use as `make up`'s do: as a role that is no superuser and owns the database. NATS starts in about
+50 ms, so each test gets a server of its own and no stream is shared between tests. Both require a
+password, as under `make up`; the settings' URLs carry it.
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from infra.credentials import DATABASE_ROLE
 from infra.embedded import NatsServer, PostgresServer
 from pier import config
 from pier.config import Settings
+
+_ROLE_PASSWORD = secrets.token_urlsafe(24)
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +28,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
     pg = PostgresServer(tmp_path_factory.mktemp("pg") / "data")
     pg.start()
     try:
+        pg.create_role(DATABASE_ROLE, _ROLE_PASSWORD)
         yield pg
     finally:
         pg.stop()
@@ -41,11 +47,11 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 def settings(postgres: PostgresServer, nats_server: NatsServer, tmp_path: Path) -> Settings:
     database = f"t_{uuid.uuid4().hex[:12]}"
-    postgres.create_database(database)
+    postgres.create_database(database, owner=DATABASE_ROLE)
     return config.load(
         env={},
         home=tmp_path / "pier",
         nats_url=nats_server.url,
-        database_url=postgres.url(database),
+        database_url=f"postgresql://{DATABASE_ROLE}:{_ROLE_PASSWORD}@127.0.0.1:{postgres.port}/{database}",
         ack_wait=2.0,
     )

@@ -18,7 +18,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     log_level: str = "info"
-    # The admin API token; the supervisor passes it to the api, which stores only its hash.
+    # The admin API token (or PIER_ADMIN_TOKEN_FILE, below); the api stores only its hash.
     admin_token: str = ""
     # Simulated GPUs where NVML finds none, e.g. "a100:4,rtx3090:2".
     gpus: str = ""
@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # this many seconds, whichever comes first (docs/logs.md).
     log_batch_lines: int = 1000
     log_batch_wait: float = 0.2
+    # Secrets out of process environments: a file holding the admin token, read by the api at start
+    # (`make up` writes PIER_HOME/secrets/admin.token, 0600); when set, PIER_ADMIN_TOKEN is not used.
+    admin_token_file: str = ""
     otel_exporter: str = ""
 
     @property

@@ -1,5 +1,5 @@
-"""Passwords kept in files (PIER_NATS_PASSWORD_FILE, PIER_DATABASE_PASSWORD_FILE) rather than in a
-process's environment, where any process of the same OS user could read them."""
+"""Passwords and tokens kept in files (PIER_NATS_PASSWORD_FILE, PIER_DATABASE_PASSWORD_FILE,
+PIER_ADMIN_TOKEN_FILE) rather than in a process's environment, where any process of the same OS user could read them."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ async def main(settings: Settings) -> None:
         pool = await db.create_pool(settings, "api")
         try:
             await db.migrate(pool, MIGRATIONS)
-            await auth.ensure_admin(pool, settings.admin_token)
+            await auth.ensure_admin(pool, auth.admin_token(settings))
             lifecycle = Lifecycle(pool, b, settings)
             await routing.publish_all(b, pool)
             runner = web.AppRunner(app.build(Context(pool, b, lifecycle, settings)), access_log=None)

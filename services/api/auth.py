@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import web
 
-from pier import events
+from pier import events, passwords
+from pier.config import Settings
 from services.api.errors import Forbidden, Unauthorized
 
 USER = web.RequestKey("user", str)
@@ -19,6 +20,17 @@ LIVE_LOG_ROUTE = "/v1/models/{ref}/logs"  # with follow=true: server-sent events
 
 def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def admin_token(settings: Settings) -> str:
+    """The admin token from PIER_ADMIN_TOKEN_FILE when set (as `make up` does, so that it is in no
+    process's environment), else PIER_ADMIN_TOKEN (as docker-compose and Kubernetes secrets set it)."""
+    if not settings.admin_token_file:
+        return settings.admin_token
+    token = passwords.read(settings.admin_token_file)
+    if not token:
+        raise SystemExit(f"PIER_ADMIN_TOKEN_FILE: {settings.admin_token_file} is empty")
+    return token
 
 
 async def ensure_admin(pool: asyncpg.Pool, secret: str) -> None:

@@ -19,7 +19,7 @@ from pier.client import Client
 from tests.e2e.conftest import TOKEN, pier
 
 # Tries what it is asked to and says what happened to each attempt; `whoami` is what it runs as.
-DOOR_TRIER = """
+DOOR_TRIER = r"""
 import os
 import pathlib
 import socket

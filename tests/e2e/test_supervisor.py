@@ -23,7 +23,7 @@ import nats
 import nats.errors
 import pytest
 
-from infra.embedded import free_port
+from infra.embedded import PostgresServer, free_port
 from infra.processes import processes_under
 from pier.client import ApiError, Client
 
@@ -225,8 +225,18 @@ def test_sigkill_of_the_supervisor_leaves_only_instances_and_the_next_start_adop
     # outlive a scheduler crash, for the next start to adopt.
     _until("only instances to be left", lambda: _platform_pids(make_up.home) <= instances, timeout=30)
     assert make_up.instance_pids() == instances
-
-    proc = make_up.start()
+    # An instance the scheduler started but was killed before it wrote its pid file: nothing can
+    # adopt it, so the next start stops it before the scheduler starts.
+    work = make_up.home / "instances" / "inst-unrecorded" / "work"
+    work.mkdir(parents=True)
+    unrecorded = subprocess.Popen(["sleep", "600"], cwd=work, start_new_session=True)
+    try:
+        proc = make_up.start()
+        assert unrecorded.poll() is not None, "the unrecorded instance outlived the start"
+    finally:
+        unrecorded.kill()
+        unrecorded.wait()
+    assert "stopped 1 model API instance(s) that no pid file names" in make_up.output()
     _until("hello to answer", make_up.answers, timeout=120)
     assert make_up.instance_pids() == instances  # adopted, not started again
     os.kill(proc.pid, signal.SIGTERM)  # the supervisor alone, as systemd's KillMode=mixed does first
@@ -234,19 +244,24 @@ def test_sigkill_of_the_supervisor_leaves_only_instances_and_the_next_start_adop
     make_up.assert_nothing_left()
 
 
-def test_instances_get_no_credentials_and_clients_without_them_are_refused(make_up: MakeUp) -> None:
+def test_no_process_holds_a_secret_in_its_environment_and_clients_without_them_are_refused(make_up: MakeUp) -> None:
     proc = make_up.start()
     make_up.deploy_hello()
     secrets = [p.read_text().strip() for p in (make_up.home / "secrets").iterdir()]
     assert secrets and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (make_up.home / "secrets").iterdir())
+    secrets.append(json.loads((make_up.home / "credentials.json").read_text())["token"])
     for pid in make_up.instance_pids():
         environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
         names = {line.partition("=")[0] for line in environ.split("\0")}
         assert not names & {"PIER_NATS_URL", "PIER_DATABASE_URL", "PIER_NATS_PASSWORD_FILE", "PIER_ADMIN_TOKEN"}
-        assert not [s for s in secrets if s in environ]
-    # The services' environments name password files, never a password.
-    environ = Path(f"/proc/{make_up.service_pid('api')}/environ").read_bytes().decode(errors="replace")
-    assert not [s for s in secrets if s in environ]
+    # The services' environments name secret files, never a password or the admin token; nor does
+    # any other process of the platform (the supervisor, PostgreSQL, NATS, the instances).
+    services = {make_up.service_pid(name) for name in ("api", "builder", "scheduler", "monitor", "gateway")}
+    everything = _platform_pids(make_up.home)
+    assert services <= everything and make_up.instance_pids() <= everything
+    for pid in everything:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        assert not [s for s in secrets if s in environ], f"a secret in the environment of {_describe({pid})}"
 
     nats_url = make_up.env["PIER_NATS_URL"]
     pg_url = make_up.env["PIER_DATABASE_URL"]
@@ -275,10 +290,76 @@ def test_instances_get_no_credentials_and_clients_without_them_are_refused(make_
             await nc.close()
 
     asyncio.run(knock())
+    asyncio.run(_services_connect_as_a_role_that_cannot_run_programs(make_up))
     assert make_up.answers()
     os.killpg(proc.pid, signal.SIGTERM)
     make_up.stopped_within_bound()
     make_up.assert_nothing_left()
+
+
+async def _services_connect_as_a_role_that_cannot_run_programs(make_up: MakeUp) -> None:
+    """Every service's connection is the `pier` role's, which is no superuser: it cannot run a shell
+    command through PostgreSQL, as its superuser could."""
+    secrets = make_up.home / "secrets"
+    url = make_up.env["PIER_DATABASE_URL"]
+    admin = await asyncpg.connect(url, password=(secrets / "postgres.password").read_text().strip())
+    try:
+        rows = await admin.fetch(
+            "SELECT DISTINCT application_name, usename, rolsuper FROM pg_stat_activity"
+            " JOIN pg_roles ON pg_roles.oid = usesysid WHERE application_name LIKE 'pier-%'"
+        )
+    finally:
+        await admin.close()
+    schemas = {r["application_name"] for r in rows}
+    assert {"pier-api", "pier-scheduler"} <= schemas
+    assert {(r["usename"], r["rolsuper"]) for r in rows} == {("pier", False)}
+    role = await asyncpg.connect(
+        url.replace("postgres@", "pier@"), password=(secrets / "postgres-pier.password").read_text().strip()
+    )
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await role.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+    finally:
+        await role.close()
+
+
+def test_a_home_whose_database_the_superuser_owns_is_handed_to_the_services_role_and_keeps_its_data(
+    make_up: MakeUp,
+) -> None:
+    proc = make_up.start()
+    make_up.deploy_hello()
+    os.killpg(proc.pid, signal.SIGTERM)
+    make_up.stopped_within_bound()
+    _as_an_earlier_pier_left_it(make_up)
+
+    proc = make_up.start()
+    _until("hello to answer after the upgrade", make_up.answers, timeout=180)
+    assert make_up.client().create_token("hello", "after-upgrade")["token"]  # the api still writes
+    asyncio.run(_services_connect_as_a_role_that_cannot_run_programs(make_up))
+    os.killpg(proc.pid, signal.SIGTERM)
+    make_up.stopped_within_bound()
+    make_up.assert_nothing_left()
+
+
+def _as_an_earlier_pier_left_it(make_up: MakeUp) -> None:
+    """The database as `make up` left it before the services had a role of their own: everything
+    the superuser's, and no `pier` role."""
+    port = int(make_up.env["PIER_DATABASE_URL"].rsplit(":", 1)[1].split("/")[0])
+    password = (make_up.home / "secrets" / "postgres.password").read_text().strip()
+    server = PostgresServer(make_up.home / "postgres", port=port, password=password)
+    server.start()
+    try:
+
+        async def take_back() -> None:
+            conn = await asyncpg.connect(server.url("pier"), password=password)
+            try:
+                await conn.execute("REASSIGN OWNED BY pier TO postgres; DROP OWNED BY pier; DROP ROLE pier")
+            finally:
+                await conn.close()
+
+        asyncio.run(take_back())
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(
