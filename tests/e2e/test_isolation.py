@@ -30,18 +30,20 @@ import urllib.request
 def _postgres(port):
     # A startup message as the superuser; AuthenticationOk (R, 0) means the door is open.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        body = struct.pack("!I", 196608) + b"user\\0postgres\\0database\\0postgres\\0\\0"
+        body = struct.pack("!I", 196608) + b"user\0postgres\0database\0postgres\0\0"
         s.sendall(struct.pack("!I", len(body) + 4) + body)
         kind, _, code = struct.unpack("!cII", s.recv(9))
         if kind == b"R" and code == 0:
             return "logged in without a password"
+        if kind != b"R":  # not an answer to a well-formed startup: the probe itself is wrong
+            raise RuntimeError(f"PostgreSQL answered {kind!r}")
         raise PermissionError(f"PostgreSQL asked for authentication (message {kind!r}, code {code})")
 
 
 def _nats(port):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.recv(4096)  # INFO
-        s.sendall(b'CONNECT {"verbose": false}\\r\\nPING\\r\\n')
+        s.sendall(b'CONNECT {"verbose": false}\r\nPING\r\n')
         answer = s.recv(4096)
         if answer.startswith(b"PONG"):
             return "connected without credentials"
