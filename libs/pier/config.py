@@ -71,6 +71,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # this many seconds, whichever comes first (docs/logs.md).
     log_batch_lines: int = 1000
     log_batch_wait: float = 0.2
+    # Instance output: the request log's buffer (lines) and the bytes a second of stdout and stderr
+    # an instance keeps; the rest is cut, counted in the instance log (0: no bound).
+    request_log_buffer: int = 10000
+    instance_output_rate: int = 1 << 20
     otel_exporter: str = ""
 
     @property

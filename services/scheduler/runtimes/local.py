@@ -150,6 +150,8 @@ class LocalRuntime:
             "PIER_INSTANCE_ID": spec.instance_id,
             "PIER_INSTANCE_SECRET": secret,
             "PIER_MAX_BODY_BYTES": str(self.settings.max_body_bytes),
+            "PIER_REQUEST_LOG_BUFFER": str(self.settings.request_log_buffer),
+            "PIER_OUTPUT_RATE": str(self.settings.instance_output_rate),
             "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_devices),
         }
         argv = [manifest.python, "-m", "pier.harness"]
