@@ -46,6 +46,7 @@ from bench.gateway import BODY, LUA, MODEL, flask_command, isolated, process, wr
 from infra import processes
 from infra.embedded import free_port, wait_for_port
 from pier.client import Client
+from pier.http import SECRET_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pier-bench"
@@ -58,7 +59,7 @@ import sys
 import msgspec
 import uvloop
 
-from pier.harness.http import Response, Server
+from pier.http.server import Response, Server
 
 
 async def handle(request):
@@ -141,19 +142,23 @@ def attempt(url: str, c: int, duration: float, script: Path) -> Figures:
 class Bench:
     def __init__(self, work: Path, runs: int, duration: float, concurrency: list[int]) -> None:
         self.work, self.runs, self.duration, self.concurrency = work, runs, duration, concurrency
-        self.scripts: dict[str, Path] = {}
+        self.scripts: dict[tuple[str, str], Path] = {}
+        # Headers a URL needs: an instance answers only callers with its secret (the gateway's).
+        self.headers: dict[str, dict[str, str]] = {}
 
-    def script(self, body: str) -> Path:
-        if body not in self.scripts:
-            path = self.scripts[body] = self.work / f"post-{len(self.scripts)}.lua"
-            path.write_text(LUA % body)
-        return self.scripts[body]
+    def script(self, body: str, url: str = "") -> Path:
+        headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in self.headers.get(url, {}).items())
+        key = (body, headers)
+        if key not in self.scripts:
+            path = self.scripts[key] = self.work / f"post-{len(self.scripts)}.lua"
+            path.write_text(LUA % body + headers)
+        return self.scripts[key]
 
     def measure(self, url: str, c: int, body: str = BODY, between: Callable[[], None] | None = None) -> Figures:
         """Medians of `runs` wrk runs; `between` (if given) is called after each, for sampling."""
         runs = []
         for _ in range(self.runs):
-            runs.append(attempt(url, c, self.duration, self.script(body)))
+            runs.append(attempt(url, c, self.duration, self.script(body, url)))
             if between:
                 between()
         return (
@@ -164,7 +169,7 @@ class Bench:
 
     def table(self, title: str, targets: dict[str, str], body: str = BODY) -> dict[tuple[str, int], Figures]:
         for url in targets.values():  # warm up every path (connections, imports)
-            attempt(url, 8, 1, self.script(body))
+            attempt(url, 8, 1, self.script(body, url))
         print(f"\n{title}\n{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}", flush=True)
         results: dict[tuple[str, int], Figures] = {}
         for c in self.concurrency:
@@ -200,6 +205,7 @@ class MadeUp:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "infra.supervisor"],
@@ -281,15 +287,15 @@ def platform(work: Path) -> Iterator[MadeUp]:
         made_up.stop()
 
 
-def deploy(made_up: MadeUp, code: Path, name: str) -> tuple[str, int]:
-    """`pier deploy` as a user runs it; the instance's address and pid once it serves."""
+def deploy(made_up: MadeUp, code: Path, name: str) -> tuple[str, int, str]:
+    """`pier deploy` as a user runs it; the instance's address, pid and secret once it serves."""
     done = made_up.pier("deploy", str(code), "--name", name, "--instances", "1", "--unrestricted")
     if done.returncode:
         raise SystemExit(f"pier deploy {name} failed:\n{done.stdout}{done.stderr}")
     client = Client(api_url=made_up.api_url, gateway_url=made_up.gateway_url, token=made_up.token)
     instance = client.model(name)["running_instances"][0]
     handle = json.loads((made_up.home / "instances" / instance["instance_id"] / "pid").read_text())
-    return str(instance["address"]), int(handle["pid"])
+    return str(instance["address"]), int(handle["pid"]), str(handle["secret"])
 
 
 def write_code(folder: Path, files: dict[str, str]) -> Path:
@@ -430,7 +436,8 @@ def main() -> None:
         print("starting the platform (NATS, PostgreSQL, api, builder, scheduler, monitor, gateway) ...", flush=True)
         running = stack.enter_context(platform(work / "platform"))
         gateway = running.gateway_url
-        address, instance_pid = deploy(running, write_code(work / "sum", {"predict.py": MODEL}), "sum")
+        address, instance_pid, secret = deploy(running, write_code(work / "sum", {"predict.py": MODEL}), "sum")
+        bench.headers[f"http://{address}/model"] = {SECRET_HEADER: secret}
         isolated_targets, _ = stack.enter_context(isolated(work / "isolated"))
         ports = {"bare": free_port()}
         write_code(work / "bare", {"bare.py": BARE})
