@@ -509,11 +509,12 @@ def main() -> None:
         deploy(running, write_code(work / "iris", iris_files), "iris")
         write_code(work / "iris-peers", {"iris_model.py": IRIS, "flask_iris.py": FLASK_IRIS, "service.py": BENTO_IRIS})
         ports["flask-iris"] = free_port()
-        stack.enter_context(
+        flask_iris = stack.enter_context(
             process(flask_command(work / "iris-peers", ports["flask-iris"], "flask_iris:app"), ports["flask-iris"],
                     base_env, work / "flask-iris.log")
         )  # fmt: skip
         iris_body = json.dumps({"data": {"rows": IRIS_ROW}})
+        _until_ready(f"http://127.0.0.1:{ports['flask-iris']}/model", flask_iris, body=iris_body)
         iris = {
             "pier": (f"{gateway}/models/iris/latest/model", iris_body),
             "flask gunicorn w2": (f"http://127.0.0.1:{ports['flask-iris']}/model", iris_body),
@@ -548,13 +549,16 @@ def main() -> None:
         asyncio.run(overload(gateway, max(5.0, bench.duration * 2)))
 
 
-def _until_ready(url: str, proc: subprocess.Popen[bytes], within: float = 180.0) -> None:
-    """BentoML opens its port before its workers can answer: wait for its readiness route."""
+def _until_ready(url: str, proc: subprocess.Popen[bytes], within: float = 180.0, body: str | None = None) -> None:
+    """BentoML and gunicorn open their port before their workers can answer (scikit-learn takes
+    seconds to import): wait until `url` answers 200 (a POST of `body` when one is given)."""
     deadline = time.monotonic() + within
+    data = body.encode() if body is not None else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{url}: the server exited ({proc.returncode})")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=2) as answer:
             if answer.status == 200:
                 return
         time.sleep(0.5)

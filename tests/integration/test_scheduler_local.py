@@ -143,3 +143,15 @@ async def test_output_past_the_rate_is_cut_and_counted_and_the_instance_serves(s
 
 def _cut(log: str) -> int:
     return sum(int(n) for n in re.findall(r"^pier: cut (\d+) bytes of output", log, re.MULTILINE))
+
+
+async def test_an_instance_is_a_process_group_of_its_own_in_the_platforms_session(settings: Settings) -> None:
+    # Its own group: one signal stops it with its workers. The platform's session: to the kernel a
+    # session is an autogroup, scheduled as one; the gateway and the instance share the platform's.
+    image = make_image(settings, PREDICT)
+    async with gpu_scheduler(settings, "") as s:
+        await s.bus.publish(limited(image, "aaaaaaaa00000001"))
+        await until(lambda: s.watch.of(InstanceStarted), within=30)
+        pid = (await s.rows())[0]["pid"]
+        assert os.getpgid(pid) == pid
+        assert os.getsid(pid) == os.getsid(0)
