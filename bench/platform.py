@@ -161,10 +161,13 @@ class Bench:
             runs.append(attempt(url, c, self.duration, self.script(body, url)))
             if between:
                 between()
+        # The median of the runs that served every call; nan only when none did (a nan in a median
+        # makes it meaningless, and one run shed on a starved machine said nothing of the others).
+        served = [r for r in runs if r[0] == r[0]] or [NO_FIGURES]
         return (
-            statistics.median(r[0] for r in runs),
-            statistics.median(r[1] for r in runs),
-            statistics.median(r[2] for r in runs),
+            statistics.median(r[0] for r in served),
+            statistics.median(r[1] for r in served),
+            statistics.median(r[2] for r in served),
         )
 
     def table(self, title: str, targets: dict[str, str], body: str = BODY) -> dict[tuple[str, int], Figures]:

@@ -30,7 +30,7 @@ import urllib.request
 def _postgres(port):
     # A startup message as the superuser; AuthenticationOk (R, 0) means the door is open.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        body = struct.pack("!I", 196608) + b"user\0postgres\0database\0postgres\0\0"
+        body = struct.pack("!I", 196608) + b"user\\0postgres\\0database\\0postgres\\0\\0"
         s.sendall(struct.pack("!I", len(body) + 4) + body)
         kind, _, code = struct.unpack("!cII", s.recv(9))
         if kind == b"R" and code == 0:
