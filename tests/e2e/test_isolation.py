@@ -18,8 +18,9 @@ from pier.artifacts import Store
 from pier.client import Client
 from tests.e2e.conftest import TOKEN, pier
 
-# Tries what it is asked to and says what happened to each attempt; `whoami` is what it runs as.
-DOOR_TRIER = """
+# Raw: its \0 and \r\n stay escapes in the model's source, not NUL bytes and line breaks in it.
+# Raw: its \\0 and \\r\\n are escapes in the model's source, not NUL bytes and line breaks in it.
+DOOR_TRIER = r"""
 import os
 import pathlib
 import socket
@@ -30,7 +31,7 @@ import urllib.request
 def _postgres(port):
     # A startup message as the superuser; AuthenticationOk (R, 0) means the door is open.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        body = struct.pack("!I", 196608) + b"user\\0postgres\\0database\\0postgres\\0\\0"
+        body = struct.pack("!I", 196608) + b"user\0postgres\0database\0postgres\0\0"
         s.sendall(struct.pack("!I", len(body) + 4) + body)
         kind, _, code = struct.unpack("!cII", s.recv(9))
         if kind == b"R" and code == 0:
