@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import statistics
 import subprocess
@@ -44,10 +43,10 @@ from types import FrameType
 import aiohttp
 
 from bench.gateway import BODY, LUA, MODEL, flask_command, isolated, process, wrk
-from infra.embedded import NatsServer, PostgresServer, free_port, wait_for_port
-from infra.supervisor import Platform
-from pier import config
+from infra import processes
+from infra.embedded import free_port, wait_for_port
 from pier.client import Client
+from pier.http import SECRET_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pier-bench"
@@ -60,7 +59,7 @@ import sys
 import msgspec
 import uvloop
 
-from pier.harness.http import Response, Server
+from pier.http.server import Response, Server
 
 
 async def handle(request):
@@ -143,30 +142,37 @@ def attempt(url: str, c: int, duration: float, script: Path) -> Figures:
 class Bench:
     def __init__(self, work: Path, runs: int, duration: float, concurrency: list[int]) -> None:
         self.work, self.runs, self.duration, self.concurrency = work, runs, duration, concurrency
-        self.scripts: dict[str, Path] = {}
+        self.scripts: dict[tuple[str, str], Path] = {}
+        # Headers a URL needs: an instance answers only callers with its secret (the gateway's).
+        self.headers: dict[str, dict[str, str]] = {}
 
-    def script(self, body: str) -> Path:
-        if body not in self.scripts:
-            path = self.scripts[body] = self.work / f"post-{len(self.scripts)}.lua"
-            path.write_text(LUA % body)
-        return self.scripts[body]
+    def script(self, body: str, url: str = "") -> Path:
+        headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in self.headers.get(url, {}).items())
+        key = (body, headers)
+        if key not in self.scripts:
+            path = self.scripts[key] = self.work / f"post-{len(self.scripts)}.lua"
+            path.write_text(LUA % body + headers)
+        return self.scripts[key]
 
     def measure(self, url: str, c: int, body: str = BODY, between: Callable[[], None] | None = None) -> Figures:
         """Medians of `runs` wrk runs; `between` (if given) is called after each, for sampling."""
         runs = []
         for _ in range(self.runs):
-            runs.append(attempt(url, c, self.duration, self.script(body)))
+            runs.append(attempt(url, c, self.duration, self.script(body, url)))
             if between:
                 between()
+        # The median of the runs that served every call; nan only when none did (a nan in a median
+        # makes it meaningless, and one run shed on a starved machine said nothing of the others).
+        served = [r for r in runs if r[0] == r[0]] or [NO_FIGURES]
         return (
-            statistics.median(r[0] for r in runs),
-            statistics.median(r[1] for r in runs),
-            statistics.median(r[2] for r in runs),
+            statistics.median(r[0] for r in served),
+            statistics.median(r[1] for r in served),
+            statistics.median(r[2] for r in served),
         )
 
     def table(self, title: str, targets: dict[str, str], body: str = BODY) -> dict[tuple[str, int], Figures]:
         for url in targets.values():  # warm up every path (connections, imports)
-            attempt(url, 8, 1, self.script(body))
+            attempt(url, 8, 1, self.script(body, url))
         print(f"\n{title}\n{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}", flush=True)
         results: dict[tuple[str, int], Figures] = {}
         for c in self.concurrency:
@@ -178,60 +184,121 @@ class Bench:
 
 # ---- the platform, as `make up` runs it -----------------------------------------------------------
 
+# How long the platform may take to be ready (PostgreSQL's initdb, migrations) and to stop.
+READY_WITHIN = 180.0
+STOP_WITHIN = 30.0
+
+
+class MadeUp:
+    """`python -m infra.supervisor` (what `make up` execs) in a process group of its own, with its own
+    PIER_HOME and free ports; the CLI and the URLs come from its credentials.json, as a user's do."""
+
+    def __init__(self, home: Path, log: Path) -> None:
+        self.home, self.log = home, log
+        self.env = {
+            **os.environ,
+            "PIER_HOME": str(home),
+            "PIER_API_PORT": str(free_port()),
+            "PIER_GATEWAY_PORT": str(free_port()),
+            "PIER_GATEWAY_METRICS_PORT": str(free_port()),
+            "PIER_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+            "PIER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/pier",
+            "PIER_LOG_LEVEL": "warning",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "infra.supervisor"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + READY_WITHIN
+        while "ready in" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"make up did not get ready:\n{self.log.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.2)
+        saved = json.loads((self.home / "credentials.json").read_text())
+        self.api_url, self.gateway_url, self.token = saved["api_url"], saved["gateway_url"], saved["token"]
+
+    def stop(self) -> None:
+        """SIGTERM to the whole group, as Ctrl-C in a terminal sends SIGINT to it; then nothing of
+        this PIER_HOME may be left running (an instance is in a session of its own: looked for)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_WITHIN)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while (left := self.instances()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if left:
+            processes.stop_pids(left, signal.SIGKILL, 5.0)
+            print(f"make up left {len(left)} instance process(es) running: killed", flush=True)
+
+    def instances(self) -> list[processes.PidRecord]:
+        return processes.processes_under(self.home / "instances")
+
+    def pids(self) -> dict[str, int]:
+        """The supervisor's children by name: the five services, nats-server and the postmaster."""
+        assert self.proc is not None
+        found: dict[str, int] = {}
+        for pid, (parent, _) in _processes().items():
+            if parent != self.proc.pid:
+                continue
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if len(argv) > 2 and argv[1] == b"-m" and argv[2].startswith(b"services."):
+                    found[argv[2].decode().removeprefix("services.")] = pid
+                elif argv[0].endswith(b"nats-server"):
+                    found["nats-server"] = pid
+                elif argv[0].endswith(b"postgres"):
+                    found["postgres"] = pid
+        missing = {"api", "builder", "scheduler", "monitor", "gateway", "nats-server", "postgres"} - set(found)
+        if missing:
+            raise SystemExit(f"make up runs no {', '.join(sorted(missing))}")
+        return found
+
+    def pier(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pier", *args],
+            env={**os.environ, "PIER_HOME": str(self.home)},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
 
 @contextlib.contextmanager
-def platform(home: Path) -> Iterator[tuple[Platform, dict[str, int]]]:
-    """NATS, PostgreSQL and the five services (infra.supervisor's pieces) on free ports under
-    `home`; yields the platform and the pids of nats-server and the postmaster."""
-    nats = NatsServer(home / "nats", port=free_port())
-    pg = PostgresServer(home / "postgres", port=free_port())
-    settings = config.load(
-        env={},
-        home=home,
-        nats_url=nats.url,
-        database_url=pg.url("pier"),
-        api_port=free_port(),
-        gateway_port=free_port(),
-        gateway_metrics_port=free_port(),
-        log_level="warning",
-    )
-    token = f"pier_{secrets.token_urlsafe(32)}"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "credentials.json").write_text(
-        json.dumps({"api_url": settings.api_url, "gateway_url": settings.gateway_url, "token": token})
-    )
-    running = Platform(settings, token)
+def platform(work: Path) -> Iterator[MadeUp]:
+    made_up = MadeUp(work / "home", work / "make-up.log")
     try:
-        nats.start()
-        pg.start()
-        pg.create_database("pier")
-        running.start()
-        asyncio.run(running.wait_healthy(within=120))
-        assert nats.proc is not None and pg.proc is not None
-        yield running, {"nats-server": nats.proc.pid, "postgres": pg.proc.pid}
+        made_up.start()
+        yield made_up
     finally:
-        running.stop()
-        pg.stop()
-        nats.stop()
+        made_up.stop()
 
 
-def deploy(running: Platform, code: Path, name: str) -> tuple[str, int]:
-    """`pier deploy` as a user runs it; the instance's address and pid once it serves."""
-    env = {**os.environ, "PIER_HOME": str(running.settings.home), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "pier", "deploy", str(code), "--name", name, "--instances", "1", "--unrestricted"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+def deploy(made_up: MadeUp, code: Path, name: str) -> tuple[str, int, str]:
+    """`pier deploy` as a user runs it; the instance's address, pid and secret once it serves."""
+    done = made_up.pier("deploy", str(code), "--name", name, "--instances", "1", "--unrestricted")
     if done.returncode:
         raise SystemExit(f"pier deploy {name} failed:\n{done.stdout}{done.stderr}")
-    token = json.loads((running.settings.home / "credentials.json").read_text())["token"]
-    client = Client(api_url=running.settings.api_url, gateway_url=running.settings.gateway_url, token=token)
+    client = Client(api_url=made_up.api_url, gateway_url=made_up.gateway_url, token=made_up.token)
     instance = client.model(name)["running_instances"][0]
-    handle = json.loads((running.settings.home / "instances" / instance["instance_id"] / "pid").read_text())
-    return str(instance["address"]), int(handle["pid"])
+    handle = json.loads((made_up.home / "instances" / instance["instance_id"] / "pid").read_text())
+    return str(instance["address"]), int(handle["pid"]), str(handle["secret"])
 
 
 def write_code(folder: Path, files: dict[str, str]) -> Path:
@@ -370,9 +437,10 @@ def main() -> None:
         base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
 
         print("starting the platform (NATS, PostgreSQL, api, builder, scheduler, monitor, gateway) ...", flush=True)
-        running, servers = stack.enter_context(platform(work / "home"))
-        gateway = running.settings.gateway_url
-        address, instance_pid = deploy(running, write_code(work / "sum", {"predict.py": MODEL}), "sum")
+        running = stack.enter_context(platform(work / "platform"))
+        gateway = running.gateway_url
+        address, instance_pid, secret = deploy(running, write_code(work / "sum", {"predict.py": MODEL}), "sum")
+        bench.headers[f"http://{address}/model"] = {SECRET_HEADER: secret}
         isolated_targets, _ = stack.enter_context(isolated(work / "isolated"))
         ports = {"bare": free_port()}
         write_code(work / "bare", {"bare.py": BARE})
@@ -382,12 +450,7 @@ def main() -> None:
         )  # fmt: skip
 
         # 1. The sum of 16 floats, and CPU per call at c=64.
-        roots = {
-            "gateway": running.services["gateway"].proc.pid,  # type: ignore[union-attr]
-            "instance": instance_pid,
-            **{name: running.services[name].proc.pid for name in ("api", "scheduler", "builder", "monitor")},  # type: ignore[union-attr]
-            **servers,
-        }
+        roots = {"instance": instance_pid, **running.pids()}
         targets = {
             "platform gateway": f"{gateway}/models/sum/latest/model",
             "platform direct": f"http://{address}/model",
@@ -449,11 +512,12 @@ def main() -> None:
         deploy(running, write_code(work / "iris", iris_files), "iris")
         write_code(work / "iris-peers", {"iris_model.py": IRIS, "flask_iris.py": FLASK_IRIS, "service.py": BENTO_IRIS})
         ports["flask-iris"] = free_port()
-        stack.enter_context(
+        flask_iris = stack.enter_context(
             process(flask_command(work / "iris-peers", ports["flask-iris"], "flask_iris:app"), ports["flask-iris"],
                     base_env, work / "flask-iris.log")
         )  # fmt: skip
         iris_body = json.dumps({"data": {"rows": IRIS_ROW}})
+        _until_ready(f"http://127.0.0.1:{ports['flask-iris']}/model", flask_iris, body=iris_body)
         iris = {
             "pier": (f"{gateway}/models/iris/latest/model", iris_body),
             "flask gunicorn w2": (f"http://127.0.0.1:{ports['flask-iris']}/model", iris_body),
@@ -488,13 +552,16 @@ def main() -> None:
         asyncio.run(overload(gateway, max(5.0, bench.duration * 2)))
 
 
-def _until_ready(url: str, proc: subprocess.Popen[bytes], within: float = 180.0) -> None:
-    """BentoML opens its port before its workers can answer: wait for its readiness route."""
+def _until_ready(url: str, proc: subprocess.Popen[bytes], within: float = 180.0, body: str | None = None) -> None:
+    """BentoML and gunicorn open their port before their workers can answer (scikit-learn takes
+    seconds to import): wait until `url` answers 200 (a POST of `body` when one is given)."""
     deadline = time.monotonic() + within
+    data = body.encode() if body is not None else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{url}: the server exited ({proc.returncode})")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=2) as answer:
             if answer.status == 200:
                 return
         time.sleep(0.5)

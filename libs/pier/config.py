@@ -74,6 +74,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Secrets out of process environments: a file holding the admin token, read by the api at start
     # (`make up` writes PIER_HOME/secrets/admin.token, 0600); when set, PIER_ADMIN_TOKEN is not used.
     admin_token_file: str = ""
+    # Instance output: the request log's buffer (lines) and the bytes a second of stdout and stderr
+    # an instance keeps; the rest is cut, counted in the instance log (0: no bound).
+    request_log_buffer: int = 10000
+    instance_output_rate: int = 1 << 20
     otel_exporter: str = ""
 
     @property

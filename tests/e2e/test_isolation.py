@@ -19,6 +19,7 @@ from pier.client import Client
 from tests.e2e.conftest import TOKEN, pier
 
 # Tries what it is asked to and says what happened to each attempt; `whoami` is what it runs as.
+# Raw: its \0 and \r\n stay escapes in the model's source, not NUL bytes and line breaks in it.
 DOOR_TRIER = r"""
 import os
 import pathlib

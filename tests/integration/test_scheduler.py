@@ -360,7 +360,7 @@ async def test_stop_all_leaves_no_instance_process(settings: Settings) -> None:
         rows = await until(lambda: _with_pids(s, 2), within=30)
         leaders = [r["pid"] for r in rows]
         try:
-            await until(lambda: all(len(_group(pid)) == 3 for pid in leaders), within=30)  # leader + 2 workers
+            await until(lambda: all(len(_group(pid)) == 4 for pid in leaders), within=30)  # leader, output, 2 workers
         except TimeoutError:
             logs = [p.read_text() for p in (settings.home / "instances").glob("*/instance.log")]
             raise AssertionError(f"process groups {[_group(p) for p in leaders]}; logs: {logs}") from None

@@ -5,15 +5,17 @@ instance processes."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import aiohttp
+import msgspec
 
 from pier.config import Settings
 from pier.events import InstanceRecord, InstanceStarted, InstanceStopped, PlaceModel
 from pier.spec import Entrypoint
 from services.scheduler.runtimes.local import LocalRuntime, cgroup_dir
-from tests.integration.test_scheduler import PREDICT, all_answer, make_image, no_instance_left_behind
+from tests.integration.test_scheduler import PREDICT, all_answer, invoke, make_image, no_instance_left_behind
 from tests.integration.test_scheduler_gpus import gpu_scheduler
 from tests.support import until
 
@@ -101,3 +103,55 @@ def _address_space_limit(pid: int) -> tuple[int, int]:
             soft, hard = line.split()[3:5]
             return int(soft), int(hard)
     raise AssertionError(f"no address space limit in /proc/{pid}/limits")
+
+
+# Prints 4 MiB as soon as it is imported, then tells what request-log buffer it was given.
+FLOODS_ITS_OUTPUT = """
+import os
+import sys
+
+for _ in range(4096):
+    sys.stdout.write("z" * 1023 + "\\n")
+sys.stdout.flush()
+
+
+def predict():
+    return os.environ.get("PIER_REQUEST_LOG_BUFFER")
+"""
+
+
+async def test_output_past_the_rate_is_cut_and_counted_and_the_instance_serves(settings: Settings) -> None:
+    settings = msgspec.structs.replace(settings, instance_output_rate=64 * 1024, request_log_buffer=123)
+    image = make_image(settings, FLOODS_ITS_OUTPUT)
+    async with gpu_scheduler(settings, "") as s, aiohttp.ClientSession() as http:
+        await s.bus.publish(limited(image, "aaaaaaaa00000001"))
+        [started] = await until(lambda: s.watch.of(InstanceStarted), within=30)
+        record = InstanceRecord(instance_id=started.instance_id, model_id="m", version=1, address=started.address)
+        await until(lambda: all_answer(http, {started.instance_id: record}, settings.home), within=30)
+        body = await invoke(http, started.address, {}, settings.home)
+        assert body["result"] == "123"  # PIER_REQUEST_LOG_BUFFER reaches the instance
+
+        path = LocalRuntime(settings).log_path(started.instance_id)
+
+        def accounted() -> bool:  # every byte printed is in the log or counted as cut (reported each second)
+            log = path.read_text()
+            return log.count("z" * 1023) * 1024 + _cut(log) == 4096 * 1024
+
+        await until(accounted, within=30)
+        assert 0 < path.read_text().count("z" * 1023) * 1024 < 4096 * 1024
+
+
+def _cut(log: str) -> int:
+    return sum(int(n) for n in re.findall(r"^pier: cut (\d+) bytes of output", log, re.MULTILINE))
+
+
+async def test_an_instance_is_a_process_group_of_its_own_in_the_platforms_session(settings: Settings) -> None:
+    # Its own group: one signal stops it with its workers. The platform's session: to the kernel a
+    # session is an autogroup, scheduled as one; the gateway and the instance share the platform's.
+    image = make_image(settings, PREDICT)
+    async with gpu_scheduler(settings, "") as s:
+        await s.bus.publish(limited(image, "aaaaaaaa00000001"))
+        await until(lambda: s.watch.of(InstanceStarted), within=30)
+        pid = (await s.rows())[0]["pid"]
+        assert os.getpgid(pid) == pid
+        assert os.getsid(pid) == os.getsid(0)

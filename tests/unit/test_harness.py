@@ -161,13 +161,13 @@ async def test_malformed_or_shapeless_bodies_are_400(serve: Callable[..., Any], 
 
 
 async def test_an_exception_is_500_with_its_traceback_logged_and_serving_goes_on(
-    serve: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+    serve: Callable[..., Any], capfd: pytest.CaptureFixture[str]
 ) -> None:
     failing = await serve(_entrypoint("raises"))
     response = await failing.post("/model", json={"data": {"message": "boom"}}, headers={"X-Request-Id": "r-1"})
     assert response.status == 500
     assert await response.json() == {"error": {"type": "KeyError", "message": "'boom'"}, "request_id": "r-1"}
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "request r-1: raises() raised KeyError" in out and "Traceback" in out
     assert (await failing.post("/model", json={"data": {"message": "again"}})).status == 500
 

@@ -5,17 +5,18 @@ When the log cannot keep up (stdout is a pipe nobody drains fast enough, a disk 
 buffer fills and further request-log lines are dropped, counted: the count is the metric
 `pier_request_log_dropped_total` (`GET /metrics` on the instance), and a line
 "pier: dropped N request-log lines" in the instance log says how many went, at most every
-`report_every` seconds. Only these lines are ever dropped: what user code prints goes to stdout
-and stderr directly, as written.
+`report_every` seconds. Only these lines are ever dropped this way: what user code prints goes to
+stdout and stderr, bounded by bytes a second and counted when cut (output.py).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
+
+from pier.harness import output
 
 # Lines held while the writer is behind (about 1 MiB); past this, request-log lines are dropped.
 CAPACITY = int(os.environ.get("PIER_REQUEST_LOG_BUFFER", "10000"))
@@ -25,16 +26,10 @@ EVERY = 0.05
 REPORT_EVERY = 10.0
 
 
-def _stdout(text: str) -> None:
-    # stdout and stderr both go to the instance log; one stream keeps the harness's lines in order.
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 class RequestLog:
     def __init__(
         self,
-        write: Callable[[str], None] = _stdout,
+        write: Callable[[str], None] = output.write,
         capacity: int = CAPACITY,
         every: float = EVERY,
         report_every: float = REPORT_EVERY,

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import uvloop
 
+from pier.harness import output
 from pier.harness.loader import Functions, LoadError, argument_problems
 from pier.harness.requestlog import RequestLog
 from pier.http import SECRET_HEADER
@@ -431,7 +432,7 @@ class _Log:
 
     def __call__(self, line: str) -> None:
         if self.loop is None or self.loop.is_closed():
-            print(line, flush=True)  # not serving (yet): write at once
+            output.write(line + "\n")  # not serving (yet): write at once
             return
         if not self.lines:
             self.loop.call_soon(self.flush)
@@ -439,9 +440,7 @@ class _Log:
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []
-        # stdout and stderr both go to the instance log; one stream keeps the lines in order.
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
+        output.write("\n".join(lines) + "\n")  # to the instance log, past the bound on user output
 
 
 _log = _Log()
@@ -483,6 +482,8 @@ async def _serve_until_stopped(harness: Harness, max_body: int, port: int, limit
 def main() -> None:
     global _functions
     env = os.environ
+    # Before the model code can write anything: what it prints is bounded from its first byte.
+    output.bound(int(env.get("PIER_OUTPUT_RATE", str(output.DEFAULT_RATE))))
     # Out of the environment before the model code loads, so nothing it spawns inherits it.
     secret = env.pop("PIER_INSTANCE_SECRET", "")
     code_dir = Path(env.get("PIER_WORKING_DIR", ".")).absolute()

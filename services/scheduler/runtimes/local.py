@@ -1,4 +1,4 @@
-"""The local runtime driver: each instance is an OS process on this host, in a session of its own.
+"""The local runtime driver: each instance is an OS process on this host, in a process group of its own.
 
 Layout under `<home>/instances/<instance_id>/`:
 
@@ -8,8 +8,8 @@ Layout under `<home>/instances/<instance_id>/`:
 
 A process is identified by its pid *and* its start time (field 22 of /proc/<pid>/stat, in clock
 ticks since boot), so a pid the kernel has recycled for some other program is never adopted or
-signalled. Instances run with `start_new_session=True`: they outlive a scheduler crash, and the
-session's process group lets one signal reach the harness's worker processes too.
+signalled. Instances run in a process group of their own: they outlive a scheduler crash, and one
+signal to the group reaches the harness's worker processes too.
 
 As root, each run is a user of its own (see pier/isolation.py); its harness answers only callers that
 send the run's secret, which the scheduler hands to the gateway and the monitor in the KV record.
@@ -118,7 +118,7 @@ class LocalRuntime:
         return self.instance_dir(instance_id) / "instance.log"
 
     async def start(self, spec: InstanceSpec) -> Handle:
-        """Start a run from the image: a fresh work dir, a free port, a new session.
+        """Start a run from the image: a fresh work dir, a free port, a process group of its own.
         Returns once the process exists; readiness is the monitor's business."""
         manifest = self.store.manifest(spec.image)
         if manifest is None:
@@ -150,6 +150,8 @@ class LocalRuntime:
             "PIER_INSTANCE_ID": spec.instance_id,
             "PIER_INSTANCE_SECRET": secret,
             "PIER_MAX_BODY_BYTES": str(self.settings.max_body_bytes),
+            "PIER_REQUEST_LOG_BUFFER": str(self.settings.request_log_buffer),
+            "PIER_OUTPUT_RATE": str(self.settings.instance_output_rate),
             "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_devices),
         }
         argv = [manifest.python, "-m", "pier.harness"]
@@ -450,7 +452,11 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            # A process group of its own (one signal reaches the harness's workers too), but in the
+            # platform's session: a session of its own is an autogroup of its own to the kernel's
+            # scheduler, and on a busy host calls through the gateway then ran at half the rate of the
+            # same gateway and harness in one session (bench.platform; see performance.md).
+            process_group=0,
             # No passwd entry is needed to become a uid as root; no supplementary groups (root's) kept.
             user=uid,
             group=uid,
