@@ -306,7 +306,9 @@ async def up() -> None:
 def main() -> None:
     loop = asyncio.new_event_loop()
     task = loop.create_task(up())
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP is a closed terminal: it stops the platform as Ctrl-C does, rather than kill the
+    # supervisor before it can stop the instances.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)
     try:
         loop.run_until_complete(task)

@@ -35,7 +35,7 @@ async def announce_ready(bus: Bus, service: str) -> None:
 
 
 def run(service: str, main: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
-    """Run `main` until it returns or SIGTERM/SIGINT arrives; cancellation is the stop signal,
+    """Run `main` until it returns or SIGTERM/SIGINT/SIGHUP arrives; cancellation is the stop signal,
     so `main` cleans up in its `finally` and `async with` blocks."""
     settings = config.load()
     log = telemetry.setup(service, settings)
@@ -43,7 +43,7 @@ def run(service: str, main: Callable[[Settings], Coroutine[Any, Any, None]]) -> 
     async def guarded() -> None:
         task = asyncio.create_task(main(settings))
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
             loop.add_signal_handler(sig, task.cancel)
         try:
             await task

@@ -213,6 +213,13 @@ def test_group_term_after_services_crashed_mid_deploy_stops_everything_in_time(m
     make_up.stopped_within_bound()
     make_up.assert_nothing_left()
 
+    # A closed terminal (SIGHUP to the group) stops it as cleanly: the instances too.
+    proc = make_up.start()
+    _until("hello to answer after the second restart", make_up.answers, timeout=180)
+    os.killpg(proc.pid, signal.SIGHUP)
+    make_up.stopped_within_bound()
+    make_up.assert_nothing_left()
+
 
 def test_sigkill_of_the_supervisor_leaves_only_instances_and_the_next_start_adopts_them(make_up: MakeUp) -> None:
     proc = make_up.start()
