@@ -56,6 +56,19 @@ def _printed(platform: Platform, *args: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+def _with_reader_gone(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI writing to a pipe whose reading end is already closed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PIER_HOME": str(platform.settings.home)}
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "pier", *args], env=env, stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+
+
 def _position(lines: list[str], text: str) -> int:
     return next(n for n, line in enumerate(lines) if text in line)
 
@@ -88,6 +101,10 @@ async def test_pier_logs_prints_instance_build_and_deployment_logs_newest_first(
         line.split()[-2:] for line in _printed(platform, "chatty") if line.endswith(("call 1", "call 2", "call 3"))
     ]
     assert calls == [["call", "3"], ["call", "2"], ["call", "1"]]
+
+    # `pier logs NAME | head` whose reader has gone: no traceback, as with any Unix tool.
+    cut = _with_reader_gone(platform, "logs", "chatty")
+    assert cut.stderr == "" and cut.returncode == 1, cut.stderr
 
     build = _printed(platform, "chatty", "--build")
     assert build and all(" v1 " in line for line in build)  # each build line names its version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pier.cli import control, deploy, environments, logs, models, schedules, settings, sources, tokens
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError) as exc:
             raise UsageError(f"credentials file {credentials_path()}: cannot be read: {exc}") from None
         code = args.func(client, args)
+        sys.stdout.flush()  # here, so a reader that left is a BrokenPipeError caught below
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = USAGE
@@ -41,5 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     except Unreachable as exc:
         # Only a call that got no answer lands here; local files are UsageErrors above.
         print(f"error: {exc}; is `make up` running?", file=sys.stderr)
+        code = 1
+    except BrokenPipeError:
+        # The reader left (`pier logs NAME | head`): nothing is wrong, and nothing more can be said.
+        # stdout goes to /dev/null so the interpreter's final flush raises nothing either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
     sys.exit(code)
