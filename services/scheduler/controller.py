@@ -555,7 +555,7 @@ class Controller:
                 ended = self.runtime.poll(row["instance_id"], handle)
                 if ended is None:
                     continue
-                line = self.runtime.last_line(row["instance_id"])
+                line = await self.runtime.last_words(row["instance_id"], handle)
                 reason = f"{ended.describe()}: {line}" if line else ended.describe()
                 # Its worker processes may outlive it, and its work dir must not.
                 await self.runtime.stop(row["instance_id"])

@@ -41,6 +41,8 @@ from pier.spec import Entrypoint
 log = structlog.get_logger("scheduler.local")
 
 STOP_TIMEOUT = 10.0
+# Seconds an ended run's output copier gets to write what it held, before the exit is reported.
+OUTPUT_DRAIN = 2.0
 _POLL = 0.05
 
 
@@ -218,7 +220,11 @@ class LocalRuntime:
             log.info("instance stopped", instance_id=instance_id)
         return stopped
 
-    def last_line(self, instance_id: str) -> str:
+    async def last_words(self, instance_id: str, handle: Handle) -> str:
+        """The last line of an ended run's log, once its output copier has written what it held: the
+        copier is in the run's group and ends at the end of its pipe (bounded: a worker that outlives
+        the harness keeps the pipe open)."""
+        await asyncio.to_thread(_wait_gone, handle.pid, OUTPUT_DRAIN)
         return last_line(self.log_path(instance_id))
 
     def note(self, instance_id: str, line: str) -> None:
