@@ -546,7 +546,10 @@ def _default(field: msgspec.structs.FieldInfo) -> str:
     if field.required:
         return "required"
     if field.default_factory is not msgspec.NODEFAULT:
-        return f"`{msgspec.json.encode(field.default_factory()).decode()}`"
+        made = field.default_factory()
+        # A time or an id is made anew for each message; an empty list or a policy is the same every time.
+        fixed = isinstance(made, list | dict | msgspec.Struct)
+        return f"`{msgspec.json.encode(made).decode()}`" if fixed else "generated"
     return f"`{msgspec.json.encode(field.default).decode()}`"
 
 
@@ -585,10 +588,7 @@ def markdown() -> str:
         "",
         "| field | type | default |",
         "|---|---|---|",
-        *(
-            f"| {f.name} | {_type_name(f.type)} | {_default(f) if f.name == 'actor' else 'generated'} |"
-            for f in msgspec.structs.fields(Message)
-        ),
+        *(f"| {f.name} | {_type_name(f.type)} | {_default(f)} |" for f in msgspec.structs.fields(Message)),
         "",
         f"Commands travel on stream {CMD_STREAM}, events on {EVENTS_STREAM}.",
         "",
