@@ -417,11 +417,16 @@ def routes(ctx: Context) -> list[web.RouteDef]:
     return Feed(ctx).routes()
 
 
-async def prune(pool: asyncpg.Pool, max_age_days: float, every: float = PRUNE_EVERY) -> None:
+async def prune(pool: asyncpg.Pool, max_age_days: float) -> int:
     """Retention: events older than PIER_AUDIT_MAX_AGE_DAYS go, as they do from the PIER_AUDIT stream."""
+    status = await pool.execute("DELETE FROM audit_events WHERE at < $1", time.time() - max_age_days * 86400.0)
+    return int(status.split()[-1])
+
+
+async def prune_forever(pool: asyncpg.Pool, max_age_days: float, every: float = PRUNE_EVERY) -> None:
     while True:
         try:
-            await pool.execute("DELETE FROM audit_events WHERE at < $1", time.time() - max_age_days * 86400.0)
+            await prune(pool, max_age_days)
         except (asyncpg.PostgresError, OSError) as exc:
             log.warning("audit pruning failed; will retry", error=str(exc))
         await asyncio.sleep(every)
@@ -440,7 +445,9 @@ def setup(app: web.Application, ctx: Context) -> None:
         app[AUDIT_POOL] = await db.create_pool(ctx.settings, "api", max_size=AUDIT_CONNECTIONS)
         tasks = [
             asyncio.create_task(forever(lambda: recover_forever(ctx.pool), "audit recovery")),
-            asyncio.create_task(forever(lambda: prune(ctx.pool, ctx.settings.audit_max_age_days), "audit pruning")),
+            asyncio.create_task(
+                forever(lambda: prune_forever(ctx.pool, ctx.settings.audit_max_age_days), "audit pruning")
+            ),
         ]
         try:
             yield

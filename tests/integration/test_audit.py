@@ -274,3 +274,14 @@ async def test_a_change_whose_api_died_before_recording_it_is_recovered_and_a_ru
     assert event["action"] == "settings.change" and event["recovered"] is True
     assert event["before"] == {"request_timeout": 5.0} and event["after"] == {"request_timeout": 60.0}
     assert await api.pool.fetchval("SELECT count(*) FROM audit_pending") == 0
+
+
+async def test_events_are_kept_for_the_configured_days(api: Api) -> None:
+    await _create(api.admin, api.settings, "kept")
+    async with api.pool.acquire() as conn, conn.transaction():
+        await audit.record(conn, actor="admin", action="model.stop", before=None, after=None, fields={}, at=1.0)
+    assert await audit.prune(api.pool, api.settings.audit_max_age_days) == 1
+    _, page = await _feed(api.admin)
+    assert [e["action"] for e in page["events"]] == ["model.create"]
+    stream = await api.bus.js.stream_info(events.AUDIT_STREAM)
+    assert stream.config.max_age == 90 * 86400
