@@ -32,6 +32,7 @@ from aiohttp import web
 
 from pier import db, events, outbox
 from pier.events import AuditEvent, AuditModel
+from pier.tasks import cancel_and_wait
 from services.api import auth, sse, store
 from services.api.channel import CHANNEL
 from services.api.errors import Forbidden, Invalid, NotFound
@@ -452,9 +453,7 @@ def setup(app: web.Application, ctx: Context) -> None:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             await db.close_pool(app[AUDIT_POOL])
 
     app.cleanup_ctx.append(background)

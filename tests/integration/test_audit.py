@@ -20,6 +20,7 @@ from pier import bus, db, events, outbox
 from pier.artifacts import Store
 from pier.bus import Bus
 from pier.config import Settings
+from pier.tasks import cancel_and_wait
 from services.api import app as api_app
 from services.api import audit, auth
 from services.api.__main__ import MIGRATIONS
@@ -65,9 +66,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
             ):
                 yield Api(admin, bob, url, settings, pool, b)
         finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+            await cancel_and_wait([relay])
             await server.close()
             await db.close_pool(pool)
 
