@@ -332,8 +332,11 @@ class Query(msgspec.Struct, kw_only=True):
 
 
 class EventPage(msgspec.Struct, kw_only=True):
-    events: list[msgspec.Raw]  # AuditEvents, newest first
+    events: list[AuditEvent]  # newest first
     next_before: int | None  # the cursor for the next (older) page; null when there is none
+
+
+_decoder = msgspec.json.Decoder(AuditEvent)
 
 
 def parse_query(query: Any) -> Query:
@@ -359,9 +362,7 @@ async def page(pool: asyncpg.Pool, model_id: str | None, q: Query) -> EventPage:
     )
     more = len(rows) > q.limit
     rows = rows[: q.limit]
-    return EventPage(
-        events=[msgspec.Raw(bytes(r["event"])) for r in rows], next_before=rows[-1]["id"] if more else None
-    )
+    return EventPage(events=[_decoder.decode(r["event"]) for r in rows], next_before=rows[-1]["id"] if more else None)
 
 
 async def newer(pool: asyncpg.Pool, model_id: str | None, after: int, batch: int = 500) -> list[asyncpg.Record]:

@@ -181,6 +181,14 @@ async def test_only_the_owner_and_admins_read_a_model_apis_history_and_admins_al
     assert (await _feed(api.bob, model="nothing-here"))[0] == 404
 
 
+async def test_the_openapi_document_describes_the_feed(api: Api) -> None:
+    async with api.bob.get("/v1/openapi.json") as r:
+        document = await r.json()
+    answer = document["paths"]["/v1/events"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"] == {"$ref": "#/components/schemas/EventPage"}
+    assert "recovered" in document["components"]["schemas"]["AuditEvent"]["properties"]
+
+
 async def _read_events(response: aiohttp.ClientResponse, into: list[dict[str, Any]], stop_at: int) -> None:
     """Parse server-sent events into `into` until it holds `stop_at` of them."""
     data: list[str] = []
