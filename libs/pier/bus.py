@@ -66,6 +66,14 @@ def _streams(settings: Settings) -> list[StreamConfig]:
             max_age=settings.logs_max_age_days * DAY,
             discard=DiscardPolicy.OLD,
         ),
+        StreamConfig(
+            name=events.AUDIT_STREAM,
+            subjects=[f"{events.AUDIT_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.audit_max_age_days * DAY,
+            duplicate_window=120.0,
+        ),
     ]
 
 

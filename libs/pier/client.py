@@ -194,9 +194,13 @@ class Client:
     def follow_logs(self, ref: str, timeout: float | None = None, **query: Any) -> Iterator[dict[str, Any]]:
         """Log lines as they come (server-sent events), oldest first: the last `limit` lines, or
         those after the cursor `after`, then each new one. Ends when the connection does."""
+        return self._follow(f"/models/{ref}/logs", query, timeout)
+
+    def _follow(self, path: str, query: dict[str, Any], timeout: float | None) -> Iterator[dict[str, Any]]:
+        """A server-sent events stream of JSON data, one item per event."""
         params = urllib.parse.urlencode({**{k: v for k, v in query.items() if v is not None}, "follow": "true"})
         auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        request = urllib.request.Request(f"{self.api_url}/v1/models/{ref}/logs?{params}", headers=auth)
+        request = urllib.request.Request(f"{self.api_url}/v1{path}?{params}", headers=auth)
         try:
             response = _open(request, timeout)
         except urllib.error.HTTPError as exc:
@@ -213,6 +217,23 @@ class Client:
                         data = []
             except ConnectionError as exc:  # Pier went away mid-stream
                 raise Unreachable(request.full_url, exc) from None
+
+    # ---- the audit feed -----------------------------------------------------------------------
+
+    def events(self, ref: str | None = None, before: int | None = None, limit: int | None = None) -> dict[str, Any]:
+        """One page of audit events, newest first: `events` and `next_before`, the cursor for older
+        ones. Without `ref`, every model API's (admins only)."""
+        params = urllib.parse.urlencode(
+            {k: v for k, v in {"model": ref, "before": before, "limit": limit}.items() if v is not None}
+        )
+        return dict(self.api("GET", f"/events?{params}"))
+
+    def follow_events(
+        self, ref: str | None = None, last_event_id: int | None = None, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Audit events as they happen, oldest first: those after `last_event_id` when given, then
+        each new one. Ends when the connection does."""
+        return self._follow("/events", {"model": ref, "last_event_id": last_event_id}, timeout)
 
     # ---- access tokens and labels -------------------------------------------------------------
 

@@ -78,6 +78,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # an instance keeps; the rest is cut, counted in the instance log (0: no bound).
     request_log_buffer: int = 10000
     instance_output_rate: int = 1 << 20
+    # The audit trail (services/api/audit.py): events older than this go from PostgreSQL and PIER_AUDIT.
+    audit_max_age_days: float = 90.0
     otel_exporter: str = ""
 
     @property

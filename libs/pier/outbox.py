@@ -23,12 +23,17 @@ log = structlog.get_logger("outbox")
 
 
 async def enqueue(conn: asyncpg.Connection, msg: Message, channel: str) -> None:
+    await enqueue_raw(conn, msg.id, msg.subject(), events.encode(msg), channel)
+
+
+async def enqueue_raw(conn: asyncpg.Connection, msg_id: str, subject: str, payload: bytes, channel: str) -> None:
+    """Enqueue a message whose subject is not its type's (audit events: one per model API and action)."""
     headers = telemetry.inject({})
     await conn.execute(
         "INSERT INTO outbox (id, subject, payload, headers) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        msg.id,
-        msg.subject(),
-        events.encode(msg),
+        msg_id,
+        subject,
+        payload,
         msgspec.json.encode(headers).decode(),
     )
     await conn.execute("SELECT pg_notify($1, '')", channel)

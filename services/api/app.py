@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.api import (
+    audit,
     auth,
     control,
     environments,
@@ -17,6 +18,7 @@ from services.api import (
     schedules,
     settings,
     sources,
+    sse,
     tokens,
 )
 from services.api.errors import problems
@@ -37,13 +39,17 @@ ROUTE_MODULES = [
     gpus,
     images,
     metrics,
+    audit,
 ]
 
 
 def build(ctx: Context) -> web.Application:
     app = web.Application(
-        client_max_size=ctx.settings.api_max_body_bytes, middlewares=[problems, auth.middleware(ctx.pool)]
+        client_max_size=ctx.settings.api_max_body_bytes,
+        # audit inside auth: it records who made each change.
+        middlewares=[problems, auth.middleware(ctx.pool), audit.middleware()],
     )
+    sse.install(app)
     for module in ROUTE_MODULES:
         app.add_routes(module.routes(ctx))
         if hasattr(module, "setup"):

@@ -15,7 +15,8 @@ from services.api.errors import Forbidden, Unauthorized
 USER = web.RequestKey("user", str)
 ADMIN = web.RequestKey("admin", bool)
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/openapi.json"})
-LIVE_LOG_ROUTE = "/v1/models/{ref}/logs"  # with follow=true: server-sent events
+# The live feeds (with follow=true: server-sent events, services/api/sse.py).
+LIVE_ROUTES = frozenset({"/v1/models/{ref}/logs", "/v1/events"})
 
 
 def token_hash(secret: str) -> str:
@@ -63,19 +64,19 @@ def _bearer(request: web.Request) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    # A browser's EventSource cannot send headers, so the live log stream alone takes `?token=`:
+    # A browser's EventSource cannot send headers, so the live feeds alone take `?token=`:
     # anywhere else a token in the URL would only end up in proxies' and browsers' histories.
-    if _is_live_log_stream(request):
+    if _is_live_feed(request):
         return request.query.get("token")
     return None
 
 
-def _is_live_log_stream(request: web.Request) -> bool:
+def _is_live_feed(request: web.Request) -> bool:
     resource = request.match_info.route.resource
     return (
         request.method == "GET"
         and resource is not None
-        and resource.canonical == LIVE_LOG_ROUTE
+        and resource.canonical in LIVE_ROUTES
         and request.query.get("follow", "").lower() in ("true", "1")
     )
 

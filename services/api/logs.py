@@ -8,8 +8,8 @@ newest first with a cursor for older lines, and live as server-sent events.
 - `DeploymentLog` turns lifecycle events (placed, started, ready, unhealthy, restarting, stopped,
   state changes) into deployment log lines, published with the event's id as Nats-Msg-Id so a
   redelivered event writes its line once.
-- `GET /v1/models/{ref}/logs` reads the table; `follow=true` polls it for lines past the last one
-  sent, so a follower on any api replica sees lines folded by any other within a second.
+- `GET /v1/models/{ref}/logs` reads the table; `follow=true` streams it (services/api/sse.py), so a
+  follower on any api replica sees lines folded by any other within a second.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pier.events import (
     ModelStateChanged,
     ModelStopped,
 )
-from services.api import store
+from services.api import sse, store
 from services.api.errors import Invalid
 from services.api.http import Context, json_response
 
@@ -62,9 +62,6 @@ KINDS: tuple[str, ...] = get_args(LogKind)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 FETCH_BATCH = 256
-# Followers poll the table: cheap with the (model_id, seq) index, and it works across api replicas.
-FOLLOW_POLL = 0.2
-KEEP_ALIVE = 15.0
 PRUNE_EVERY = 3600.0
 
 _line_decoder = msgspec.json.Decoder(LogLine)
@@ -245,7 +242,7 @@ class Query(msgspec.Struct, kw_only=True):
     follow: bool = False
 
 
-def _int(query: Any, name: str, low: int, high: int | None = None) -> int | None:
+def int_param(query: Any, name: str, low: int, high: int | None = None) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
@@ -267,13 +264,13 @@ def parse_query(query: Any) -> Query:
     follow_raw = (query.get("follow") or "false").lower()
     if follow_raw not in ("true", "false", "1", "0"):
         raise Invalid("follow: must be true or false", [("follow", "must be true or false")])
-    limit = _int(query, "limit", 1, MAX_LIMIT)
+    limit = int_param(query, "limit", 1, MAX_LIMIT)
     return Query(
         kind=kind,
-        version=_int(query, "version", 1),
+        version=int_param(query, "version", 1),
         instance=query.get("instance") or None,
-        before=_int(query, "before", 1),
-        after=_int(query, "after", 0),
+        before=int_param(query, "before", 1),
+        after=int_param(query, "after", 0),
         limit=DEFAULT_LIMIT if limit is None else limit,
         follow=follow_raw in ("true", "1"),
     )
@@ -364,39 +361,17 @@ class LogRoutes:
     async def follow(self, request: web.Request, model_id: str, q: Query) -> web.StreamResponse:
         """Server-sent events: the last `limit` lines oldest first (or those after `Last-Event-ID` /
         `after`), then every new line as it is folded, until the client goes or the api stops."""
-        resume = request.headers.get("Last-Event-ID")
-        after = int(resume) if resume and resume.isdigit() else q.after
+        resume = sse.resume_after(request)
+        after = resume if resume is not None else q.after
         backlog: list[LogOut] = []
         if after is None:
             backlog = list(reversed((await page(self.pool, model_id, q)).lines))
             after = backlog[-1].seq if backlog else await self._last_seq(model_id)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-        await response.prepare(request)
-        await response.write(b": following\n\n")
-        last_write = time.monotonic()
-        closing = request.app.get(CLOSING) or asyncio.Event()
-        try:
-            for line in backlog:
-                await response.write(_sse(line))
-            while not closing.is_set():
-                lines = await newer(self.pool, model_id, q, after)
-                for line in lines:
-                    await response.write(_sse(line))
-                    after = line.seq
-                if lines:
-                    last_write = time.monotonic()
-                    continue
-                if time.monotonic() - last_write > KEEP_ALIVE:
-                    await response.write(b": keep-alive\n\n")
-                    last_write = time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FOLLOW_POLL):
-                        await closing.wait()
-        except (ConnectionResetError, ConnectionError):
-            pass  # the follower went away
-        return response
+
+        async def more(cursor: int) -> list[LogOut]:
+            return await newer(self.pool, model_id, q, cursor)
+
+        return await sse.serve(request, backlog, after, more, _sse)
 
     async def _last_seq(self, model_id: str) -> int:
         last = await self.pool.fetchval(
@@ -406,42 +381,33 @@ class LogRoutes:
         return int(last or 0)
 
 
-def _sse(line: LogOut) -> bytes:
-    return b"id: %d\nevent: log\ndata: %s\n\n" % (line.seq, msgspec.json.encode(line))
+def _sse(line: LogOut) -> tuple[int, bytes]:
+    return line.seq, sse.frame(line.seq, "log", msgspec.json.encode(line))
 
 
 def routes(ctx: Context) -> list[web.RouteDef]:
     return LogRoutes(ctx).routes()
 
 
-# Set at shutdown, so followers end and the api stops without waiting on open streams.
-CLOSING = web.AppKey("logs.closing", asyncio.Event)
-
-
 def setup(app: web.Application, ctx: Context) -> None:
-    """Run the folder and the deployment log beside the HTTP app, and end followers at shutdown."""
-    app[CLOSING] = asyncio.Event()
-
-    async def on_shutdown(app: web.Application) -> None:
-        app[CLOSING].set()
+    """Run the folder and the deployment log beside the HTTP app."""
 
     async def background(_: web.Application) -> AsyncIterator[None]:
         folder = LogFolder(ctx.pool, ctx.bus)
         tasks = [
-            asyncio.create_task(_forever(folder.run, "log folder")),
-            asyncio.create_task(_forever(folder.prune, "log pruning")),
-            asyncio.create_task(_forever(DeploymentLog(ctx.bus).run, "deployment log")),
+            asyncio.create_task(forever(folder.run, "log folder")),
+            asyncio.create_task(forever(folder.prune, "log pruning")),
+            asyncio.create_task(forever(DeploymentLog(ctx.bus).run, "deployment log")),
         ]
         yield
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    app.on_shutdown.append(on_shutdown)
     app.cleanup_ctx.append(background)
 
 
-async def _forever(run: Callable[[], Any], what: str) -> None:
+async def forever(run: Callable[[], Any], what: str) -> None:
     """Restart a background loop that fails (NATS or PostgreSQL away), rather than leave logs unfolded."""
     while True:
         try:

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from services.api.audit import EventPage
 from services.api.schemas import CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut
 
 # (method, path) -> (request schema, response schema, success status) where a Struct describes them.
@@ -18,8 +19,9 @@ _SCHEMAS: dict[tuple[str, str], tuple[str | None, str | None, int]] = {
     ("POST", "/v1/models/{ref}/versions"): ("CreateVersion", None, 201),
     ("GET", "/v1/models/{ref}/versions"): (None, "VersionOut", 200),
     ("POST", "/v1/sources"): (None, "SourceOut", 201),
+    ("GET", "/v1/events"): (None, "EventPage", 200),
 }
-_COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut]
+_COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut, EventPage]
 _PUBLIC = {"/v1/health", "/v1/openapi.json", "/metrics"}
 
 

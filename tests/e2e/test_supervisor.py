@@ -25,6 +25,7 @@ import pytest
 
 from infra.embedded import PostgresServer, free_port
 from infra.processes import processes_under
+from pier import events
 from pier.client import ApiError, Client
 
 from .conftest import EXAMPLES
@@ -292,6 +293,11 @@ def test_no_process_holds_a_secret_in_its_environment_and_clients_without_them_a
             tokens = await nc.jetstream().key_value("pier_tokens")
             with pytest.raises(nats.errors.TimeoutError):
                 await tokens.put("forged", b"{}")
+            assert any("permissions violation" in e for e in errors), errors
+            # Nor add to the audit trail, the api's account of who changed what.
+            errors.clear()
+            with pytest.raises(nats.errors.TimeoutError):
+                await nc.jetstream().publish(events.audit_subject(None, "model.create"), b"{}", timeout=2.0)
             assert any("permissions violation" in e for e in errors), errors
         finally:
             await nc.close()
