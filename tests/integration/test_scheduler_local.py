@@ -4,17 +4,20 @@ instance processes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import socket
 from pathlib import Path
 
 import aiohttp
 import msgspec
+import pytest
 
 from pier.config import Settings
 from pier.events import InstanceRecord, InstanceStarted, InstanceStopped, PlaceModel
 from pier.spec import Entrypoint
-from services.scheduler.runtimes.local import LocalRuntime, cgroup_dir
+from services.scheduler.runtimes.local import InstanceSpec, LocalRuntime, cgroup_dir
 from tests.integration.test_scheduler import PREDICT, all_answer, invoke, make_image, no_instance_left_behind
 from tests.integration.test_scheduler_gpus import gpu_scheduler
 from tests.support import until
@@ -155,3 +158,38 @@ async def test_an_instance_is_a_process_group_of_its_own_in_the_platforms_sessio
         pid = (await s.rows())[0]["pid"]
         assert os.getpgid(pid) == pid
         assert os.getsid(pid) == os.getsid(0)
+
+
+# Takes a while to import, as a model loading its weights does.
+SLOW_TO_IMPORT = """
+import time
+
+time.sleep(3)
+
+
+def predict():
+    return "loaded"
+"""
+
+
+async def test_an_instance_holds_its_port_from_the_start_so_nothing_else_can_take_it(settings: Settings) -> None:
+    # The port used to be only chosen by the runtime and bound by the harness once the model had
+    # loaded: anything on the host could take it meanwhile, and the run failed with "address already
+    # in use" (seen in the suite, two platforms on one host).
+    image = make_image(settings, SLOW_TO_IMPORT)
+    runtime = LocalRuntime(settings)
+    spec = InstanceSpec(
+        instance_id="port-held", model_id="m", version=1, version_id="v1", image=image,
+        entrypoint=Entrypoint(file="predict.py", function="predict"),
+    )  # fmt: skip
+    handle = await runtime.start(spec)
+    try:
+        with socket.socket() as thief, pytest.raises(OSError) as taken:
+            thief.bind(("127.0.0.1", handle.port))
+        assert taken.value.errno == errno.EADDRINUSE
+        record = InstanceRecord(instance_id="port-held", model_id="m", version=1, address=handle.address)
+        async with aiohttp.ClientSession() as http:
+            await until(lambda: all_answer(http, {"port-held": record}, settings.home), within=30)
+            assert (await invoke(http, handle.address, {}, settings.home))["result"] == "loaded"
+    finally:
+        await runtime.stop("port-held")

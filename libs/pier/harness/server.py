@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -449,9 +450,15 @@ request_log = RequestLog()
 
 
 async def serve_harness(
-    harness: Harness, max_body: int, port: int, host: str = "127.0.0.1", limits: Limits | None = None
+    harness: Harness,
+    max_body: int,
+    port: int,
+    host: str = "127.0.0.1",
+    limits: Limits | None = None,
+    listener: socket.socket | None = None,
 ) -> Server:
-    """Start serving on host:port (0: any free port, then see `Server.port`)."""
+    """Start serving on `listener` when given (bound by who started us), else on host:port (0: any
+    free port, then see `Server.port`)."""
     harness.max_body = max_body
     harness.loop = _log.loop = asyncio.get_running_loop()
     server = Server(
@@ -461,12 +468,17 @@ async def serve_harness(
         limits=limits,
         log_error=lambda request, exc: _log(f"harness: {request.method} {request.path} failed: {exc!r}"),
     )
-    await server.listen_tcp(host, port)
+    if listener is not None:
+        await server.listen_socket(listener)
+    else:
+        await server.listen_tcp(host, port)
     return server
 
 
-async def _serve_until_stopped(harness: Harness, max_body: int, port: int, limits: Limits) -> None:
-    server = await serve_harness(harness, max_body, port, limits=limits)
+async def _serve_until_stopped(
+    harness: Harness, max_body: int, port: int, limits: Limits, listener: socket.socket | None
+) -> None:
+    server = await serve_harness(harness, max_body, port, limits=limits, listener=listener)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -486,6 +498,7 @@ def main() -> None:
     output.bound(int(env.get("PIER_OUTPUT_RATE", str(output.DEFAULT_RATE))))
     # Out of the environment before the model code loads, so nothing it spawns inherits it.
     secret = env.pop("PIER_INSTANCE_SECRET", "")
+    listener = _inherited_listener(env.pop("PIER_LISTEN_FD", ""))
     code_dir = Path(env.get("PIER_WORKING_DIR", ".")).absolute()
     entrypoint = msgspec.json.decode(env["PIER_ENTRYPOINT"], type=Entrypoint)
     os.chdir(code_dir)
@@ -519,4 +532,14 @@ def main() -> None:
         sys.exit(3)
     # uvloop: measured, the default loop's per-call cost showed in bench/gateway.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_until_stopped(harness, max_body, port, limits))
+        runner.run(_serve_until_stopped(harness, max_body, port, limits, listener))
+
+
+def _inherited_listener(fd: str) -> socket.socket | None:
+    """The listening socket the local runtime bound for this run (PIER_LISTEN_FD), if any. Not
+    inherited further: a process the model starts must not hold the instance's port."""
+    if not fd:
+        return None
+    sock = socket.socket(fileno=int(fd))
+    sock.set_inheritable(False)
+    return sock

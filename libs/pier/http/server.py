@@ -500,6 +500,14 @@ class Server:
     async def listen_tcp(self, host: str, port: int) -> int:
         """Listen on host:port (0: any free port); the port listened on."""
         server = await self.loop.create_server(lambda: _Connection(self), host, port, reuse_address=True)
+        return self._listening(server)
+
+    async def listen_socket(self, sock: socket.socket) -> int:
+        """Serve on a socket already bound and listening (handed over by who started us); its port."""
+        server = await self.loop.create_server(lambda: _Connection(self), sock=sock)
+        return self._listening(server)
+
+    def _listening(self, server: asyncio.Server) -> int:
         self._servers.append(server)
         if self._sweeper is None:
             self._sweep()

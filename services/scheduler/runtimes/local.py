@@ -132,7 +132,10 @@ class LocalRuntime:
             await asyncio.to_thread(_fresh_copy, image_dir / "code", work)
         except OSError as exc:
             raise StartError(f"could not prepare the work dir from image {spec.image}: {exc}") from exc
-        port = _free_port()
+        # Bound here and handed over open: a port only chosen here could be taken by anything on the
+        # host before the harness bound it, and the run then failed with "address already in use".
+        listener = _listener()
+        port = int(listener.getsockname()[1])
         secret = secrets.token_urlsafe(32)
         uid, why_not = await asyncio.to_thread(self._isolate, spec.instance_id, work, Path(manifest.python))
         self.note(spec.instance_id, f"pier: runs as uid {uid}, gid {uid}" if uid is not None else why_not)
@@ -145,6 +148,7 @@ class LocalRuntime:
             "PIER_WORKING_DIR": str(work),
             "PIER_ENTRYPOINT": msgspec.json.encode(spec.entrypoint).decode(),
             "PIER_PORT": str(port),
+            "PIER_LISTEN_FD": str(listener.fileno()),
             "PIER_WORKERS": str(spec.workers),
             "PIER_REQUEST_TIMEOUT": str(spec.request_timeout),
             "PIER_MODEL_VERSION_ID": spec.version_id,
@@ -162,9 +166,13 @@ class LocalRuntime:
             # Without cgroups, memory is limited per process with RLIMIT_AS, set in the child before it
             # runs: another uid's limits cannot be changed from outside without CAP_SYS_RESOURCE.
             limit = spec.memory if spec.memory > 0 and cgroup_dir() is None else 0
-            proc = await asyncio.to_thread(_spawn, argv, env, work, self.log_path(spec.instance_id), uid, limit)
+            proc = await asyncio.to_thread(
+                _spawn, argv, env, work, self.log_path(spec.instance_id), uid, limit, listener.fileno()
+            )
         except OSError as exc:
             raise StartError(f"could not run {manifest.python}: {exc}") from exc
+        finally:
+            listener.close()  # the run holds its own copy
         start_time = _stat(proc.pid)
         # A child that has not been reaped keeps its /proc entry, so its start time is readable.
         assert start_time is not None
@@ -443,7 +451,13 @@ def _open_log(path: Path, mode: str) -> IO[Any]:
 
 
 def _spawn(
-    argv: list[str], env: dict[str, str], cwd: Path, log_path: Path, uid: int | None, memory_limit: int = 0
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    uid: int | None,
+    memory_limit: int = 0,
+    listener: int | None = None,
 ) -> subprocess.Popen[bytes]:
     def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
@@ -469,6 +483,7 @@ def _spawn(
             extra_groups=[] if uid is not None else None,
             umask=0o077,
             preexec_fn=limit_memory if memory_limit else None,
+            pass_fds=() if listener is None else (listener,),
         )
 
 
@@ -495,10 +510,16 @@ def _fresh_copy(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _listener() -> socket.socket:
+    """A listening socket on a free loopback port, for a run to serve on (PIER_LISTEN_FD)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _write_pid_file(path: Path, handle: Handle) -> None:
