@@ -6,6 +6,7 @@ from aiohttp import web
 
 from services.api import (
     auth,
+    collaborators,
     control,
     environments,
     gpus,
@@ -14,10 +15,13 @@ from services.api import (
     labels,
     logs,
     metrics,
+    orgs,
+    policy,
     schedules,
     settings,
     sources,
     tokens,
+    users,
 )
 from services.api.errors import problems
 from services.api.http import Context
@@ -37,6 +41,9 @@ ROUTE_MODULES = [
     gpus,
     images,
     metrics,
+    users,
+    orgs,
+    collaborators,
 ]
 
 
@@ -49,4 +56,15 @@ def build(ctx: Context) -> web.Application:
         if hasattr(module, "setup"):
             module.setup(app, ctx)
     app.cleanup_ctx.append(tokens.track_last_used(ctx))
+    unguarded = policy.missing(served(app))
+    if unguarded:
+        # A route without a policy entry would be open to anyone with a key: refuse to start instead.
+        raise RuntimeError(f"routes without an entry in services/api/policy.py: {unguarded}")
     return app
+
+
+def served(app: web.Application) -> list[tuple[str, str]]:
+    """Every (method, path) the app routes, HEAD left out (it is its GET's)."""
+    return sorted(
+        {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None and r.method != "HEAD"}
+    )

@@ -1,4 +1,5 @@
-"""Management API tokens: only SHA-256 hashes are stored; the admin token comes from settings."""
+"""Who calls the management API, and whether they may: API keys (only SHA-256 hashes are stored;
+the admin token comes from settings) checked against the policy table."""
 
 from __future__ import annotations
 
@@ -6,15 +7,17 @@ import hashlib
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import msgspec
 from aiohttp import web
 
 from pier import events, passwords
 from pier.config import Settings
+from services.api import access, policy, store
 from services.api.errors import Forbidden, Unauthorized
+from services.api.policy import Role
 
 USER = web.RequestKey("user", str)
 ADMIN = web.RequestKey("admin", bool)
-PUBLIC_PATHS = frozenset({"/v1/health", "/v1/openapi.json"})
 LIVE_LOG_ROUTE = "/v1/models/{ref}/logs"  # with follow=true: server-sent events
 
 
@@ -51,13 +54,6 @@ async def ensure_admin(pool: asyncpg.Pool, secret: str) -> None:
         )
 
 
-def require_admin(request: web.Request, what: str) -> None:
-    """Forbidden unless the caller holds an admin token; `what` says what only an admin may do.
-    (Until roles exist, this is the one check beyond holding a valid token.)"""
-    if not request.get(ADMIN, False):
-        raise Forbidden(f"only an admin {what}; this API token is not an admin's")
-
-
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
@@ -81,24 +77,68 @@ def _is_live_log_stream(request: web.Request) -> bool:
 
 
 def middleware(pool: asyncpg.Pool) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The one place access is decided: who the caller is (their API key, checked against the
+    database on every request, so a disabled user or a deleted key is refused at once), then whether
+    the policy table lets them call this route on this model API."""
+
     @web.middleware
-    async def authenticate(
+    async def guard(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not request.path.startswith("/v1/") or request.path in PUBLIC_PATHS:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else request.path
+        found = policy.rule(request.method, path)
+        if found is None:  # no such route: aiohttp answers 404 or 405, to signed-in callers only
+            if request.path.startswith("/v1/"):
+                await _authenticate(pool, request)
             return await handler(request)
-        secret = _bearer(request)
-        if not secret:
-            raise Unauthorized("an API token is required: send it as 'Authorization: Bearer <token>'")
-        found = await pool.fetchrow(
-            "UPDATE api_tokens t SET last_used = now() FROM users u WHERE t.hash = $1 AND u.name = t.user_name"
-            " RETURNING t.user_name, u.is_admin",
-            token_hash(secret),
-        )
-        if found is None:
-            raise Unauthorized("the API token is not valid")
-        request[USER] = found["user_name"]
-        request[ADMIN] = found["is_admin"]
+        if found.role is Role.PUBLIC:
+            return await handler(request)
+        await _authenticate(pool, request)
+        needed = found.needed(await _body(request) if found.owner_fields else None)
+        if policy.names_model(path):
+            await _authorize_on_model(pool, request, needed)
+        elif needed > Role.USER and not request[ADMIN]:
+            raise Forbidden(f"only an admin may call {request.method} {path}")
         return await handler(request)
 
-    return authenticate
+    return guard
+
+
+async def _authenticate(pool: asyncpg.Pool, request: web.Request) -> None:
+    secret = _bearer(request)
+    if not secret:
+        raise Unauthorized("an API key is required: send it as 'Authorization: Bearer <key>'")
+    found = await pool.fetchrow(
+        "UPDATE api_tokens t SET last_used = now() FROM users u WHERE t.hash = $1 AND u.name = t.user_name"
+        " RETURNING t.user_name, u.is_admin, u.disabled",
+        token_hash(secret),
+    )
+    if found is None:
+        raise Unauthorized("the API key is not valid")
+    if found["disabled"]:
+        raise Unauthorized(f"user {found['user_name']!r} is disabled; an admin can enable them again")
+    request[USER] = found["user_name"]
+    request[ADMIN] = found["is_admin"]
+
+
+async def _authorize_on_model(pool: asyncpg.Pool, request: web.Request, needed: Role) -> None:
+    async with pool.acquire() as conn:
+        # The same NotFound for a private model API the caller has no role on as for a name never used.
+        model = await store.resolve(conn, request.match_info["ref"])
+        role = await access.role_on(conn, model, request[USER], request[ADMIN])
+    if role is None:
+        raise store.not_found(request.match_info["ref"])
+    if role < needed:
+        raise Forbidden(
+            f"{request.method} {request.match_info.route.resource.canonical} on model API {model['name']!r}"  # type: ignore[union-attr]
+            f" needs the {needed.label} role; yours is {role.label}"
+        )
+
+
+async def _body(request: web.Request) -> object:
+    """The JSON body, read once here and again (from aiohttp's cache) by the handler; None if not JSON."""
+    try:
+        return msgspec.json.decode(await request.read())
+    except msgspec.DecodeError:
+        return None

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from services.api import policy
 from services.api.schemas import CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut
 
 # (method, path) -> (request schema, response schema, success status) where a Struct describes them.
@@ -20,7 +21,6 @@ _SCHEMAS: dict[tuple[str, str], tuple[str | None, str | None, int]] = {
     ("POST", "/v1/sources"): (None, "SourceOut", 201),
 }
 _COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut]
-_PUBLIC = {"/v1/health", "/v1/openapi.json", "/metrics"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -47,8 +47,14 @@ def document(router: web.UrlDispatcher) -> dict[str, Any]:
             op["requestBody"] = _ref(request)
         if response:
             op["responses"][str(status)].update(_ref(response))
-        if path in _PUBLIC:
-            op["security"] = []
+        rule = policy.rule(route.method, path)
+        if rule is not None:
+            # Who may call it, from the policy table the api enforces (docs/access.md).
+            op["x-pier-role"] = rule.role.label
+            if rule.owner_fields:
+                op["x-pier-role-owner-fields"] = sorted(rule.owner_fields)
+            if rule.role is policy.Role.PUBLIC:
+                op["security"] = []
         params = [p[1:-1] for p in path.split("/") if p.startswith("{")]
         if params:
             op["parameters"] = [
