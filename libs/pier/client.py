@@ -280,6 +280,10 @@ class Client:
     def delete_key(self, key_id: str) -> None:
         self.api("DELETE", f"/me/keys/{key_id}")
 
+    def set_password(self, password: str) -> None:
+        """The caller's password for the dashboard's sign-in (argon2id-hashed by the api)."""
+        self.api("PUT", "/me/password", {"password": password})
+
     def create_org(self, name: str) -> dict[str, Any]:
         return dict(self.api("POST", "/orgs", {"name": name}))
 

@@ -18,6 +18,7 @@ from services.api import (
     orgs,
     policy,
     schedules,
+    sessions,
     settings,
     sources,
     tokens,
@@ -44,6 +45,7 @@ ROUTE_MODULES = [
     users,
     orgs,
     collaborators,
+    sessions,
 ]
 
 

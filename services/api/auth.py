@@ -4,6 +4,7 @@ the admin token comes from settings) checked against the policy table."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -18,6 +19,11 @@ from services.api.policy import Role
 
 USER = web.RequestKey("user", str)
 ADMIN = web.RequestKey("admin", bool)
+# The session (the hash of its cookie) when the caller signed in with a password, not an API key.
+SESSION = web.RequestKey("session", str)
+SESSION_COOKIE = "pier_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LIVE_LOG_ROUTE = "/v1/models/{ref}/logs"  # with follow=true: server-sent events
 
 
@@ -107,6 +113,8 @@ def middleware(pool: asyncpg.Pool) -> Callable[..., Awaitable[web.StreamResponse
 
 async def _authenticate(pool: asyncpg.Pool, request: web.Request) -> None:
     secret = _bearer(request)
+    if not secret and SESSION_COOKIE in request.cookies:
+        return await _authenticate_session(pool, request)
     if not secret:
         raise Unauthorized("an API key is required: send it as 'Authorization: Bearer <key>'")
     found = await pool.fetchrow(
@@ -116,6 +124,29 @@ async def _authenticate(pool: asyncpg.Pool, request: web.Request) -> None:
     )
     if found is None:
         raise Unauthorized("the API key is not valid")
+    _signed_in(request, found)
+
+
+async def _authenticate_session(pool: asyncpg.Pool, request: web.Request) -> None:
+    session = token_hash(request.cookies[SESSION_COOKIE])
+    found = await pool.fetchrow(
+        "SELECT s.user_name, s.csrf_hash, u.is_admin, u.disabled FROM sessions s JOIN users u ON u.name = s.user_name"
+        " WHERE s.id = $1 AND s.expires_at > now()",
+        session,
+    )
+    if found is None:
+        raise Unauthorized("the session has ended: sign in again (POST /v1/session)")
+    # A cookie is sent by the browser whoever made the page: a change needs the token only Pier's own
+    # pages have (the answer of POST /v1/session).
+    if request.method not in SAFE_METHODS and not hmac.compare_digest(
+        token_hash(request.headers.get(CSRF_HEADER, "")), found["csrf_hash"]
+    ):
+        raise Forbidden(f"a change signed in by cookie needs the {CSRF_HEADER} header of POST /v1/session's answer")
+    _signed_in(request, found)
+    request[SESSION] = session
+
+
+def _signed_in(request: web.Request, found: asyncpg.Record) -> None:
     if found["disabled"]:
         raise Unauthorized(f"user {found['user_name']!r} is disabled; an admin can enable them again")
     request[USER] = found["user_name"]

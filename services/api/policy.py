@@ -96,6 +96,10 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/me/keys"): USER,
     ("POST", "/v1/me/keys"): USER,
     ("DELETE", "/v1/me/keys/{id}"): USER,
+    ("PUT", "/v1/me/password"): USER,
+    # Signing in is how a browser gets a session: it needs no key (failures are rate limited).
+    ("POST", "/v1/session"): PUBLIC,
+    ("DELETE", "/v1/session"): USER,
     ("POST", "/v1/orgs"): ADMIN,
     ("GET", "/v1/orgs"): USER,
     ("PUT", "/v1/orgs/{org}/members/{user}"): ADMIN,

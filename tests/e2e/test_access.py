@@ -16,13 +16,17 @@ from tests.e2e.conftest import EXAMPLES, TOKEN
 from tests.support import until
 
 
-def _pier(platform: Platform, config: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+def _pier(
+    platform: Platform, config: Path, *args: str, token: str | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The CLI as a user whose profile lives under `config` (XDG_CONFIG_HOME)."""
     env = {**os.environ, "PIER_HOME": str(platform.settings.home), "XDG_CONFIG_HOME": str(config)}
     env.pop("PIER_TOKEN", None)
     if token is not None:
         env["PIER_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "pier", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pier", *args], env=env, capture_output=True, text=True, timeout=300, input=stdin
+    )
 
 
 async def test_a_team_shares_a_model_api_from_the_cli(platform: Platform, tmp_path: Path) -> None:
@@ -48,6 +52,14 @@ async def test_a_team_shares_a_model_api_from_the_cli(platform: Platform, tmp_pa
     assert bad.returncode == 1 and "401" in bad.stderr
     assert not (bob_home / "pier" / "profile.json").exists()
     assert _pier(platform, bob_home, "login", "--token", bob_key).returncode == 0
+    passwd = _pier(platform, ada_home, "users", "passwd", stdin="correct horse battery staple\n")
+    assert passwd.returncode == 0 and "password of ada set" in passwd.stdout, passwd.stderr
+    session = Client(api_url=platform.settings.api_url)._request(
+        "POST",
+        f"{platform.settings.api_url}/v1/session",
+        json.dumps({"name": "ada", "password": "correct horse battery staple"}).encode(),
+    )
+    assert session["user"] == "ada" and session["csrf_token"]
 
     assert _pier(platform, admin, "orgs", "create", "team").returncode == 0
     assert _pier(platform, admin, "orgs", "add", "team", "bob").returncode == 0

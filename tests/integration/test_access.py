@@ -32,6 +32,7 @@ from services.api.lifecycle import Lifecycle
 
 ADMIN_TOKEN = "pier_access_admin_token"
 ENTRY = {"file": "predict.py", "function": "predict"}
+PASSWORD = "correct horse battery staple"
 
 # The principals, in the order of the table's columns.
 PRINCIPALS = ("admin", "owner", "editor", "viewer", "member", "public", "private", "disabled")
@@ -92,6 +93,9 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/me/keys"): "                     A     A     U",
     ("POST", "/v1/me/keys"): "                    A     A     U",
     ("DELETE", "/v1/me/keys/{id}"): "             A     A     U",
+    ("PUT", "/v1/me/password"): "                 A     A     U",
+    ("POST", "/v1/session"): "                    A     A     U",
+    ("DELETE", "/v1/session"): "                  A     A     U",
     ("POST", "/v1/orgs"): "                       A     F     U",
     ("GET", "/v1/orgs"): "                        A     A     U",
     ("PUT", "/v1/orgs/{org}/members/{user}"): "   A     F     U",
@@ -183,7 +187,20 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
         await api.ok("admin", "PUT", "/v1/orgs/team/members/member")
         await api.ok("admin", "POST", "/v1/orgs", {"name": "club"})
         api.source = (await api.ok("admin", "POST", "/v1/sources", raw=_source_tarball()))["digest"]
-        yield api
+        with structlog.testing.capture_logs() as logs:
+            yield api
+        _scan(api, logs)
+
+
+def _scan(api: Api, logs: list[dict[str, Any]]) -> None:
+    """No API key, access token, session cookie or CSRF token in any answer but the one that made it,
+    and none of them, nor a password, in any log line: run after every test of this module."""
+    lines = [repr(entry) for entry in logs]
+    for secret, created_at in [*api.secrets, (PASSWORD, -1)]:
+        for i, exchange in enumerate(api.exchanges):
+            if i != created_at:
+                assert secret.encode() not in exchange.body, (exchange.method, exchange.path)
+        assert not [line for line in lines if secret in line]
 
 
 def _expected(row: str, columns: tuple[str, ...]) -> dict[str, str]:
@@ -251,6 +268,8 @@ async def _model_call(api: Api, who: str, method: str, path: str) -> tuple[int, 
 
 
 async def _other_call(api: Api, who: str, method: str, path: str) -> tuple[int, Any]:
+    if (method, path) == ("POST", "/v1/session"):
+        await api.ok(who, "PUT", "/v1/me/password", {"password": PASSWORD})  # before a disabled one is
     if who == "disabled":
         await api.ok("admin", "PATCH", "/v1/users/disabled", {"disabled": True})
     try:
@@ -282,6 +301,8 @@ async def _other_call(api: Api, who: str, method: str, path: str) -> tuple[int, 
             ("PATCH", "/v1/users/{name}"): {"disabled": True},
             ("POST", "/v1/me/keys"): {"name": "another"},
             ("POST", "/v1/orgs"): {"name": api.fresh("org")},
+            ("PUT", "/v1/me/password"): {"password": PASSWORD},
+            ("POST", "/v1/session"): {"name": who, "password": PASSWORD},
         }
         if (method, path) == ("POST", "/v1/sources"):
             return await api.call(who, method, concrete, raw=_source_tarball())
@@ -420,24 +441,19 @@ async def test_the_openapi_document_states_each_routes_role(api: Api) -> None:
 
 
 async def test_no_secret_appears_after_its_creation_answer_in_any_answer_or_log_line(api: Api) -> None:
-    with structlog.testing.capture_logs() as logs:
-        name = await _model(api, "private")
-        await api.ok("owner", "POST", f"/v1/models/{name}/tokens", {"name": "ci"})
-        await api.ok("viewer", "POST", "/v1/me/keys", {"name": "laptop"})
-        await api.ok("admin", "POST", "/v1/users", {"name": "late", "email": "late@example.org"})
-        for who in ("owner", "viewer", "admin"):
-            for path in ("/v1/me", "/v1/me/keys", "/v1/users", f"/v1/models/{name}", f"/v1/models/{name}/tokens"):
-                await api.call(who, "GET", path)
-        await api.call("owner", "PATCH", "/v1/users/viewer", {"disabled": True})
-        await api.ok("admin", "PATCH", "/v1/users/viewer", {"disabled": False})
+    # Every test here is scanned when it ends (`_scan`); this one goes through what shows secrets' kin.
+    name = await _model(api, "private")
+    await api.ok("owner", "POST", f"/v1/models/{name}/tokens", {"name": "ci"})
+    await api.ok("viewer", "POST", "/v1/me/keys", {"name": "laptop"})
+    await api.ok("admin", "POST", "/v1/users", {"name": "late", "email": "late@example.org"})
+    await api.ok("viewer", "PUT", "/v1/me/password", {"password": PASSWORD})
+    await api.call("viewer", "POST", "/v1/session", {"name": "viewer", "password": "not it"})
+    for who in ("owner", "viewer", "admin"):
+        for path in ("/v1/me", "/v1/me/keys", "/v1/users", f"/v1/models/{name}", f"/v1/models/{name}/tokens"):
+            await api.call(who, "GET", path)
+    await api.call("owner", "PATCH", "/v1/users/viewer", {"disabled": True})
+    await api.ok("admin", "PATCH", "/v1/users/viewer", {"disabled": False})
     assert len(api.secrets) >= 11  # every user's first key, a token, a key
-    lines = [repr(entry) for entry in logs]
-    assert any("token created" in line for line in lines)
-    for secret, created_at in api.secrets:
-        for i, exchange in enumerate(api.exchanges):
-            if i != created_at:
-                assert secret.encode() not in exchange.body, (exchange.method, exchange.path)
-        assert not [line for line in lines if secret in line]
 
 
 async def test_the_gateways_learn_keys_and_callers_from_the_api_and_forget_them_at_once(api: Api) -> None:
@@ -476,3 +492,79 @@ async def test_the_gateways_learn_keys_and_callers_from_the_api_and_forget_them_
     assert spare["id"] in await key_ids()
     await api.ok("viewer", "DELETE", f"/v1/me/keys/{spare['id']}")
     assert spare["id"] not in await key_ids()
+
+
+async def _cookie_call(
+    api: Api, method: str, path: str, cookie: str, csrf: str | None = None, payload: Any = None
+) -> tuple[int, Any]:
+    headers = {"Cookie": f"pier_session={cookie}"}
+    if csrf is not None:
+        headers["X-CSRF-Token"] = csrf
+    async with api.session.request(method, api.url + path, json=payload, headers=headers) as resp:
+        body = await resp.read()
+    api.exchanges.append(Exchange(method, path, resp.status, body))
+    return resp.status, msgspec.json.decode(body) if body else None
+
+
+async def test_a_password_sign_in_sets_a_session_cookie_and_changes_need_the_csrf_token(api: Api) -> None:
+    status, body = await api.call("viewer", "PUT", "/v1/me/password", {"password": "short"})
+    assert status == 400 and body["errors"][0]["field"] == "password", body
+    await api.ok("viewer", "PUT", "/v1/me/password", {"password": PASSWORD})
+    # A user who never set a password, or a name never used, gets the answer a wrong password gets.
+    for name in ("owner", "nobody"):
+        async with api.session.post(api.url + "/v1/session", json={"name": name, "password": PASSWORD}) as resp:
+            assert resp.status == 401 and (await resp.json())["detail"] == "the name or the password is wrong"
+
+    async with api.session.post(api.url + "/v1/session", json={"name": "viewer", "password": PASSWORD}) as resp:
+        assert resp.status == 201
+        answer = await resp.json()
+        morsel = resp.cookies["pier_session"]
+        raw_header = resp.headers["Set-Cookie"]
+    assert answer["user"] == "viewer" and answer["csrf_token"]
+    assert morsel["httponly"] and morsel["samesite"] == "Lax" and not morsel["secure"]  # plain HTTP here
+    assert "HttpOnly" in raw_header and "SameSite=Lax" in raw_header
+    cookie, csrf = morsel.value, answer["csrf_token"]
+    assert cookie != csrf
+    api.exchanges.append(Exchange("POST", "/v1/session", 201, msgspec.json.encode(answer)))
+    api.secrets += [(cookie, len(api.exchanges) - 1), (csrf, len(api.exchanges) - 1)]
+
+    status, me = await _cookie_call(api, "GET", "/v1/me", cookie)
+    assert (status, me["name"]) == (200, "viewer")
+    status, body = await _cookie_call(api, "POST", "/v1/me/keys", cookie, payload={"name": "from the browser"})
+    assert status == 403 and "X-CSRF-Token" in body["detail"], body
+    status, body = await _cookie_call(api, "POST", "/v1/me/keys", cookie, csrf="forged", payload={"name": "b"})
+    assert status == 403, body
+    status, body = await _cookie_call(api, "POST", "/v1/me/keys", cookie, csrf=csrf, payload={"name": "b"})
+    assert status == 201, body
+    api.secrets.append((body["key"], len(api.exchanges) - 1))
+
+    await api.ok("admin", "PATCH", "/v1/users/viewer", {"disabled": True})
+    assert (await _cookie_call(api, "GET", "/v1/me", cookie))[0] == 401
+    await api.ok("admin", "PATCH", "/v1/users/viewer", {"disabled": False})
+
+    assert (await _cookie_call(api, "DELETE", "/v1/session", cookie, csrf=csrf))[0] == 204
+    status, body = await _cookie_call(api, "GET", "/v1/me", cookie)
+    assert status == 401 and "sign in again" in body["detail"], body
+
+
+async def test_failed_sign_ins_are_limited_per_name_and_per_client_and_logged_without_the_password(
+    api: Api,
+) -> None:
+    await api.ok("editor", "PUT", "/v1/me/password", {"password": PASSWORD})
+
+    async def sign_in(name: str, password: str) -> tuple[int, Any, str | None]:
+        async with api.session.post(api.url + "/v1/session", json={"name": name, "password": password}) as resp:
+            return resp.status, await resp.json(content_type=None), resp.headers.get("Retry-After")
+
+    with structlog.testing.capture_logs() as logs:
+        for attempt in range(5):
+            status, body, _ = await sign_in("editor", f"wrong guess {attempt}")
+            assert status == 401 and body["detail"] == "the name or the password is wrong", body
+        status, body, retry_after = await sign_in("editor", PASSWORD)  # right, but too late
+        assert status == 429 and retry_after is not None and int(retry_after) > 0, body
+        # The same client, another name: limited per client address too.
+        assert (await sign_in("nobody", "anything"))[0] == 429
+    assert (await sign_in("nobody", "anything"))[0] == 429
+    failures = [e for e in logs if e["event"] == "sign-in failed"]
+    assert len(failures) == 5 and all(e["user"] == "editor" and e["client"] for e in failures)
+    assert not [e for e in logs if "wrong guess" in repr(e) or PASSWORD in repr(e)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from typing import Any
@@ -62,6 +63,18 @@ def cmd_users_disable(client: Client, args: argparse.Namespace) -> int:
 def cmd_users_enable(client: Client, args: argparse.Namespace) -> int:
     client.set_disabled(args.name, False)
     print(f"user {args.name} enabled")
+    return 0
+
+
+def cmd_users_passwd(client: Client, args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("new password: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ; nothing changed")
+    else:
+        password = sys.stdin.readline().rstrip("\n")  # e.g. from a password manager's pipe
+    client.set_password(password)
+    print(f"password of {client.me()['name']} set; other dashboard sessions are signed out")
     return 0
 
 
@@ -133,7 +146,7 @@ def register(sub: Any) -> None:
     who.add_argument("--json", action="store_true")
     who.set_defaults(func=cmd_whoami)
 
-    users = sub.add_parser("users", help="users (admin): create, list, disable, enable")
+    users = sub.add_parser("users", help="users (admin): create, list, disable, enable; passwd: your password")
     usub = users.add_subparsers(dest="users_command", required=True)
     c = usub.add_parser("create", help="create a user; their first API key is printed once, as the last line")
     c.add_argument("name")
@@ -149,6 +162,9 @@ def register(sub: Any) -> None:
         p = usub.add_parser(name, help=text)
         p.add_argument("name")
         p.set_defaults(func=func)
+
+    pw = usub.add_parser("passwd", help="set your password for the dashboard (asked for, or read from stdin)")
+    pw.set_defaults(func=cmd_users_passwd)
 
     orgs = sub.add_parser("orgs", help="organizations: create, list, add, remove (admin, but list)")
     osub = orgs.add_subparsers(dest="orgs_command", required=True)

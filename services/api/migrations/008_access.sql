@@ -33,3 +33,13 @@ CREATE TABLE collaborators (
 CREATE INDEX collaborators_principal ON collaborators (principal);
 
 ALTER TABLE models ADD COLUMN visibility TEXT NOT NULL DEFAULT 'private';
+
+-- Dashboard sessions: only the SHA-256 of the cookie's value and of the CSRF token are kept.
+CREATE TABLE sessions (
+    id          TEXT PRIMARY KEY,
+    user_name   TEXT NOT NULL REFERENCES users(name),
+    csrf_hash   TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX sessions_user ON sessions (user_name);
