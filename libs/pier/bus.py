@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pier import events, passwords, telemetry
 from pier.config import Settings
 from pier.events import Message
+from pier.tasks import cancel_and_wait
 
 log = structlog.get_logger("bus")
 DAY = 86400.0
@@ -140,19 +141,23 @@ class Bus:
         sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         decoder = msgspec.json.Decoder(_union(types))
         slots = asyncio.Semaphore(concurrency)
+        handling: set[asyncio.Task[None]] = set()
         try:
-            async with asyncio.TaskGroup() as tg:
-                while True:
+            while True:
+                await slots.acquire()
+                slots.release()
+                try:
+                    msgs = await sub.fetch(1, timeout=5.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                for msg in msgs:
                     await slots.acquire()
-                    slots.release()
-                    try:
-                        msgs = await sub.fetch(1, timeout=5.0)
-                    except (nats.errors.TimeoutError, TimeoutError):
-                        continue
-                    for msg in msgs:
-                        await slots.acquire()
-                        tg.create_task(self._handle(msg, decoder, handler, slots, ack_wait))
+                    task = asyncio.create_task(self._handle(msg, decoder, handler, slots, ack_wait))
+                    handling.add(task)
+                    task.add_done_callback(handling.discard)
         finally:
+            # Not a TaskGroup: a handler mid-request can outlive the one cancel() a TaskGroup gives.
+            await cancel_and_wait(handling)
             # A pull subscription cancelled mid-fetch would otherwise hold the connection's drain
             # for its whole timeout.
             with contextlib.suppress(Exception):
@@ -185,7 +190,11 @@ class Bus:
         except Exception:
             attempt = msg.metadata.num_delivered or 1
             log.exception("handler failed; will retry", subject=msg.subject, attempt=attempt)
-            await msg.nak(delay=min(0.5 * 2**attempt, 30.0))
+            try:
+                await msg.nak(delay=min(0.5 * 2**attempt, 30.0))
+            except Exception as exc:
+                # The server redelivers after ack_wait all the same: nothing is lost.
+                log.warning("nak failed", subject=msg.subject, error=repr(exc))
         finally:
             slots.release()
 
@@ -269,16 +278,3 @@ async def watch(kv: KeyValue, loaded: asyncio.Event) -> AsyncIterator[KVChange]:
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], every: float = 1.0) -> None:
-    """Cancel `tasks` and return once each has ended, cancelling again while one still runs.
-
-    A watch loop can outlive one `cancel()`: on Python 3.11, `asyncio.wait_for` (which nats-py's
-    watchers use) swallows a cancellation that lands just as its inner future completes, and the loop
-    then goes on, keeping the TaskGroup that owns it from ever closing."""
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=every)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from pier import bus, db, git, outbox
 from pier.config import Settings
 from pier.events import AnyEvent
 from pier.service import announce_ready, run
+from pier.tasks import together
 from services.api import app, auth, routing
 from services.api.http import Context
 from services.api.lifecycle import CHANNEL, Lifecycle
@@ -33,9 +33,9 @@ async def main(settings: Settings) -> None:
             await web.TCPSite(runner, settings.api_host, settings.api_port).start()
             try:
                 await announce_ready(b, "api")
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(outbox.Relay(pool, b, CHANNEL).run())
-                    tg.create_task(b.consume(EVENT_TYPES, lifecycle.handle, durable="api"))
+                await together(
+                    outbox.Relay(pool, b, CHANNEL).run(), b.consume(EVENT_TYPES, lifecycle.handle, durable="api")
+                )
             finally:
                 await runner.cleanup()
         finally:

@@ -1,9 +1,8 @@
-import asyncio
-
 from pier import bus, git
 from pier.config import Settings
 from pier.events import RunSchedule, StartBuild
 from pier.service import announce_ready, run
+from pier.tasks import together
 from services.builder.runs import Runner
 from services.builder.worker import Builder
 
@@ -15,12 +14,11 @@ async def main(settings: Settings) -> None:
         await worker.sweep()
         await announce_ready(b, "builder")
         runner = Runner(b, settings)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                b.consume([StartBuild], worker.handle, durable="builder", concurrency=settings.build_concurrency)
-            )
+        await together(
+            b.consume([StartBuild], worker.handle, durable="builder", concurrency=settings.build_concurrency),
             # A consumer of its own: a long training run never takes a build's slot.
-            tg.create_task(b.consume([RunSchedule], runner.handle, durable="builder-runs", concurrency=1))
+            b.consume([RunSchedule], runner.handle, durable="builder-runs", concurrency=1),
+        )
 
 
 if __name__ == "__main__":

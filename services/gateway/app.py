@@ -15,7 +15,7 @@ import msgspec
 import structlog
 
 from pier import metrics, telemetry
-from pier.bus import Bus, cancel_and_wait
+from pier.bus import Bus
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, KEYS_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
 from pier.http import SECRET_HEADER
@@ -23,6 +23,7 @@ from pier.http.client import Proxy, Unreachable, UpstreamFailed, UpstreamTimeout
 from pier.http.limits import from_settings
 from pier.http.server import Request, Response, Server
 from pier.spec import Route, SpecError, coerce_query, match_template
+from pier.tasks import cancel_and_wait
 from services.gateway import table as table_module
 from services.gateway.auth import CHALLENGE, Authenticator
 from services.gateway.balancer import Balancer, Shed

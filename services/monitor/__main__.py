@@ -1,10 +1,9 @@
 """Health checks: probes each instance, marks it ready or unhealthy, restarts with back-off."""
 
-import asyncio
-
 from pier import bus
 from pier.config import Settings
 from pier.service import announce_ready, run
+from pier.tasks import together
 from services.monitor.membership import Membership
 from services.monitor.prober import running
 from services.monitor.restarts import Restarter, restarts_bucket
@@ -15,11 +14,10 @@ async def main(settings: Settings) -> None:
         membership = Membership(b)
         await membership.join()
         try:
-            async with running(b, membership=membership) as prober, asyncio.TaskGroup() as tg:
+            async with running(b, membership=membership) as prober:
                 restarter = Restarter(b, await restarts_bucket(b), prober.routes.get)
-                tg.create_task(membership.run(), name="membership")
-                tg.create_task(restarter.run(), name="restarts")
                 await announce_ready(b, "monitor")
+                await together(membership.run(), restarter.run())
         finally:
             await membership.leave()
 

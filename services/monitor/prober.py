@@ -25,9 +25,10 @@ import structlog
 from nats.js.kv import KeyValue
 
 from pier import metrics
-from pier.bus import Bus, cancel_and_wait, kv_update, watch
+from pier.bus import Bus, kv_update, watch
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceReady, InstanceRecord, InstanceUnhealthy, RouteRecord
 from pier.http import SECRET_HEADER
+from pier.tasks import cancel_and_wait
 from services.monitor.membership import Membership
 from services.monitor.policy import DEFAULT_POLICY, Action, Policy, ProbeCounter
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from pier import bus, db, outbox
 from pier.config import Settings
 from pier.events import PlaceModel, RestartInstance, StopModel
 from pier.service import announce_ready, run
+from pier.tasks import together
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
 from services.scheduler.inventory import discover
 from services.scheduler.logship import LogShipper
@@ -26,15 +26,14 @@ async def main(settings: Settings) -> None:
             await controller.reconcile()
             await controller.serve_plans()
             await announce_ready(b, "scheduler")
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(outbox.Relay(pool, b, OUTBOX_CHANNEL).run())
-                tg.create_task(
-                    b.consume(
-                        [PlaceModel, StopModel, RestartInstance], controller.handle, durable="scheduler", concurrency=1
-                    )
-                )
-                tg.create_task(controller.watch())
-                tg.create_task(LogShipper(pool, b, settings.home).run())
+            await together(
+                outbox.Relay(pool, b, OUTBOX_CHANNEL).run(),
+                b.consume(
+                    [PlaceModel, StopModel, RestartInstance], controller.handle, durable="scheduler", concurrency=1
+                ),
+                controller.watch(),
+                LogShipper(pool, b, settings.home).run(),
+            )
         finally:
             await db.close_pool(pool)
 

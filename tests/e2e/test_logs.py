@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import nats
+from nats.aio.msg import Msg
 
 from infra.supervisor import Platform
 from pier import events
@@ -202,7 +203,7 @@ async def test_a_thousand_calls_travel_in_a_handful_of_log_messages_and_all_are_
         nc = await nats.connect(platform.settings.nats_url)
         try:
 
-            async def count(msg: nats.aio.msg.Msg) -> None:
+            async def count(msg: Msg) -> None:
                 try:
                     lines = msgspec.json.decode(msg.data, type=events.LogBatch).lines
                 except msgspec.ValidationError:  # a message of one line

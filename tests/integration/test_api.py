@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pier import bus, db
 from pier.artifacts import Store
 from pier.config import Settings
 from pier.events import StartBuild
+from pier.tasks import cancel_and_wait
 from services.api import app as api_app
 from services.api import auth
 from services.api.__main__ import MIGRATIONS
@@ -44,9 +44,7 @@ async def api(settings: Settings) -> AsyncIterator[tuple[aiohttp.ClientSession, 
             ) as session:
                 yield session, settings
         finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+            await cancel_and_wait([relay])
             await server.close()
             await db.close_pool(pool)
 
@@ -110,7 +108,7 @@ async def test_create_commits_the_model_and_asks_for_a_build(api: tuple[aiohttp.
 
             await until(lambda: builds)
         finally:
-            task.cancel()
+            await cancel_and_wait([task])
     assert builds[0].model_id == model["id"] and builds[0].version == 1
     assert builds[0].entrypoint.function == "predict"
 

@@ -21,6 +21,7 @@ from pier.bus import Bus
 from pier.config import Settings
 from pier.events import BuildFailed, BuildStarted, BuildSucceeded, LogLine, StartBuild
 from pier.spec import Entrypoint
+from pier.tasks import cancel_and_wait
 from services.builder.worker import Builder
 from tests.support import until
 
@@ -98,9 +99,7 @@ async def running_builder(settings: Settings) -> AsyncIterator[Platform]:
         try:
             yield platform
         finally:
-            consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer
+            await cancel_and_wait([consumer])
 
 
 def _files_in(folder: Path) -> list[str]:

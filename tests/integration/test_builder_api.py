@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import gzip
 import io
@@ -31,6 +30,7 @@ from pier.artifacts import Store
 from pier.config import Settings
 from pier.events import LogLine, StartBuild
 from pier.spec import Entrypoint
+from pier.tasks import cancel_and_wait
 from services.api import app as api_app
 from services.api import auth, images, schedules
 from services.api.__main__ import EVENT_TYPES, MIGRATIONS
@@ -136,9 +136,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
                 yield Api(session, settings, pool, builder, wire, logs)
         finally:
             for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait([task])
             await server.close()
             await db.close_pool(pool)
 

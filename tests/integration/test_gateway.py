@@ -26,6 +26,7 @@ from pier.bus import Bus
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, InstanceRecord, RouteRecord, VersionRoute
 from pier.spec import Entrypoint, Param, Route
+from pier.tasks import cancel_and_wait
 from services.gateway.__main__ import main as gateway_main
 from services.gateway.app import Gateway, running
 from tests.support import until
@@ -414,9 +415,7 @@ async def test_service_serves_ping_and_answers_health_requests(settings: Setting
             reply = await b.nc.request("pier.health.gateway", b"", timeout=5)
             assert reply.data == b"ok"
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
 async def test_model_endpoint_of_a_routes_only_version_is_404_naming_its_routes(env: Env) -> None:

@@ -4,7 +4,6 @@ and the health-check settings (`PATCH /v1/models/{ref}`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from pier.bus import Bus
 from pier.config import Settings
 from pier.events import ROUTES_BUCKET, InstanceReady, LogBatch, RouteRecord, encode, logs_subject
+from pier.tasks import cancel_and_wait
 from tests.integration.test_api import _source, api  # noqa: F401  (the fixture)
 from tests.support import until
 
@@ -96,9 +96,7 @@ async def test_a_follower_sees_a_new_line_within_a_second(api: Api, b: Bus) -> N
         await b.log(model_id, "instance", "a new line", instance_id="i-1")
         await until(lambda: len(seen) == 2, within=1.0)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
     assert [x["line"] for x in seen] == ["before following", "a new line"]
 
 

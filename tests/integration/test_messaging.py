@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 from pier import bus, db, outbox
 from pier.config import Settings
 from pier.events import BuildFailed, BuildStarted
+from pier.tasks import cancel_and_wait
 from tests.support import until
 
 
@@ -33,8 +33,7 @@ async def test_outbox_row_committed_with_state_reaches_consumer_once(settings: S
             consumer = tg.create_task(b.consume([BuildStarted], handler, durable="t"))
             await until(lambda: seen)
             await asyncio.sleep(0.3)
-            relay_task.cancel()
-            consumer.cancel()
+            await cancel_and_wait([relay_task, consumer])
     await db.close_pool(pool)
     assert seen == [event.id]
     assert await _outbox_empty(settings)
@@ -62,9 +61,7 @@ async def test_message_is_redelivered_when_handler_dies_mid_message(settings: Se
         try:
             await until(lambda: len(attempts) >= 2)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
     assert len(attempts) == 2
 
 
@@ -95,7 +92,34 @@ async def test_an_idle_batch_consumer_keeps_running(settings: Settings) -> None:
             await b.publish(event)
             await until(lambda: seen)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
     assert seen == [event.id]
+
+
+async def test_a_consumer_cancelled_once_ends_even_while_a_handler_shrugs_off_a_cancel(settings: Settings) -> None:
+    """One cancel() is what a service's shutdown gives its consumer; a handler mid-request (whose
+    Python 3.11 wait_for swallowed that cancel) must not keep the consumer, and so the service, alive."""
+    started = asyncio.Event()
+    cancels: list[int] = []
+
+    async def stubborn(event: BuildStarted) -> None:
+        started.set()
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                if len(cancels) > 1:
+                    raise
+
+    async with bus.connect(settings, "test") as b:
+        await b.publish(BuildStarted(model_id="m", version=1))
+        task = asyncio.create_task(b.consume([BuildStarted], stubborn, durable="stubborn"))
+        try:
+            await asyncio.wait_for(started.wait(), timeout=30)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=30)
+            assert done, "the consumer still runs 30 s after its cancel"
+        finally:
+            await cancel_and_wait([task])
+    assert len(cancels) == 2

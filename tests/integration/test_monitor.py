@@ -26,6 +26,7 @@ from pier.events import (
     VersionRoute,
 )
 from pier.spec import Entrypoint
+from pier.tasks import cancel_and_wait
 from services.monitor.__main__ import main as monitor_main
 from services.monitor.prober import incarnation_id, running
 from services.monitor.restarts import Restarter, restarts_bucket
@@ -64,9 +65,7 @@ async def restarting(b: Bus, policy: HealthPolicy = FAST) -> AsyncIterator[Resta
     try:
         yield restarter
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
 M = TypeVar("M", bound=msgspec.Struct)
@@ -92,9 +91,7 @@ async def consuming(b: Bus, types: list[type], durable: str) -> AsyncIterator[Co
     try:
         yield collected
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
 @pytest.fixture
@@ -127,9 +124,7 @@ async def test_starting_instance_becomes_ready_and_is_announced(settings: Settin
                 stored = await until(lambda: _ready(b, record.instance_id))
                 events = await until(lambda: seen.of(InstanceReady))
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
     # Only the state changed: what the scheduler wrote is kept.
     assert stored == msgspec.structs.replace(record, state="ready")
     assert len(events) == 1

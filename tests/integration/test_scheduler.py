@@ -32,6 +32,7 @@ from pier.events import (
     StopModel,
 )
 from pier.spec import Entrypoint
+from pier.tasks import cancel_and_wait
 from services.scheduler.__main__ import MIGRATIONS
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
 from services.scheduler.inventory import parse
@@ -176,9 +177,7 @@ async def scheduler_in_process(settings: Settings, gpus: str = "") -> AsyncItera
             try:
                 yield Running(b, controller, watch)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(tasks)
         finally:
             await db.close_pool(pool)
 
