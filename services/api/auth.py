@@ -83,9 +83,9 @@ def _is_live_log_stream(request: web.Request) -> bool:
 
 
 def middleware(pool: asyncpg.Pool) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The one place access is decided: who the caller is (their API key, checked against the
-    database on every request, so a disabled user or a deleted key is refused at once), then whether
-    the policy table lets them call this route on this model API."""
+    """The one place access is decided: who the caller is (their API key, or their session cookie,
+    checked against the database on every request, so a disabled user or a deleted key is refused at
+    once), then whether the policy table lets them call this route on this model API."""
 
     @web.middleware
     async def guard(
@@ -103,7 +103,7 @@ def middleware(pool: asyncpg.Pool) -> Callable[..., Awaitable[web.StreamResponse
         await _authenticate(pool, request)
         needed = found.needed(await _body(request) if found.owner_fields else None)
         if policy.names_model(path):
-            await _authorize_on_model(pool, request, needed)
+            await _authorize_on_model(pool, request, path, needed)
         elif needed > Role.USER and not request[ADMIN]:
             raise Forbidden(f"only an admin may call {request.method} {path}")
         return await handler(request)
@@ -153,7 +153,7 @@ def _signed_in(request: web.Request, found: asyncpg.Record) -> None:
     request[ADMIN] = found["is_admin"]
 
 
-async def _authorize_on_model(pool: asyncpg.Pool, request: web.Request, needed: Role) -> None:
+async def _authorize_on_model(pool: asyncpg.Pool, request: web.Request, path: str, needed: Role) -> None:
     async with pool.acquire() as conn:
         # The same NotFound for a private model API the caller has no role on as for a name never used.
         model = await store.resolve(conn, request.match_info["ref"])
@@ -162,7 +162,7 @@ async def _authorize_on_model(pool: asyncpg.Pool, request: web.Request, needed: 
         raise store.not_found(request.match_info["ref"])
     if role < needed:
         raise Forbidden(
-            f"{request.method} {request.match_info.route.resource.canonical} on model API {model['name']!r}"  # type: ignore[union-attr]
+            f"{request.method} {path} on model API {model['name']!r}"
             f" needs the {needed.label} role; yours is {role.label}"
         )
 

@@ -126,13 +126,15 @@ class Sessions:
             raise Unauthorized("the name or the password is wrong")
         cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.settings.session_max_age)
-        await self.pool.execute(
-            "INSERT INTO sessions (id, user_name, csrf_hash, expires_at) VALUES ($1, $2, $3, $4)",
-            auth.token_hash(cookie),
-            spec.name,
-            auth.token_hash(csrf),
-            expires,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM sessions WHERE expires_at <= now()")  # ended ones go here
+            await conn.execute(
+                "INSERT INTO sessions (id, user_name, csrf_hash, expires_at) VALUES ($1, $2, $3, $4)",
+                auth.token_hash(cookie),
+                spec.name,
+                auth.token_hash(csrf),
+                expires,
+            )
         log.info("signed in", user=spec.name, client=client)
         response = json_response(SessionOut(user=spec.name, csrf_token=csrf, expires=expires.isoformat()), 201)
         response.set_cookie(
