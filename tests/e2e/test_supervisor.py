@@ -400,3 +400,21 @@ def test_a_second_make_up_on_the_same_home_leaves_the_first_running(make_up: Mak
     os.killpg(first.pid, signal.SIGTERM)
     make_up.stopped_within_bound()
     make_up.assert_nothing_left()
+
+
+def test_a_home_with_a_comma_and_a_long_path_starts_and_serves(tmp_path: Path) -> None:
+    # PostgreSQL read its socket folder as a comma-separated list, and a socket path is at most
+    # 107 bytes: either stopped make up with a lock-file error from the database's log.
+    root = tmp_path / ("models,team-" + "x" * 100)
+    root.mkdir()
+    up = MakeUp(root)
+    try:
+        proc = up.start()
+        assert up.client().models() == []
+        # Nothing but Pier's own lines: no library's warning (platformdirs' XDG_RUNTIME_DIR one was).
+        assert "Warning" not in up.output(), up.output()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert up.stopped_within_bound() == 0
+        up.assert_nothing_left()
+    finally:
+        up.kill_all()
