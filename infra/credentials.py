@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.embedded import write_secret
-from pier.events import AUDIT_PREFIX, ROUTES_BUCKET, TOKENS_BUCKET
+from pier.events import AUDIT_PREFIX, KEYS_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET
 
 SUPERVISOR = "supervisor"
 # The PostgreSQL role the services connect as: it owns the platform's database, and nothing more
@@ -26,7 +26,7 @@ DATABASE_PASSWORD = f"postgres-{DATABASE_ROLE}"
 
 # The buckets that decide who may call what: only the api writes them. A service other than the
 # api that could would be one step from making any model API unrestricted.
-_API_ONLY_BUCKETS = (ROUTES_BUCKET, TOKENS_BUCKET)
+_API_ONLY_BUCKETS = (ROUTES_BUCKET, TOKENS_BUCKET, KEYS_BUCKET)
 
 
 class Credentials:
@@ -69,7 +69,8 @@ class Credentials:
 
 def nats_permissions(services: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """nats-server permissions per user: the supervisor may only ask for health; services other
-    than the api may not write, purge or delete the routes and tokens buckets, nor publish audit events."""
+    than the api may not write, purge or delete the routes, tokens and keys buckets, nor publish audit
+    events."""
     # The audit trail is the api's account of who changed what: no other service may add to it.
     forbidden = [f"{AUDIT_PREFIX}.>"]
     for bucket in _API_ONLY_BUCKETS:

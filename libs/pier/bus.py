@@ -93,7 +93,7 @@ class Bus:
                 await self.js.add_stream(config)
             except nats.js.errors.BadRequestError:
                 await self.js.update_stream(config)
-        for bucket in (events.ROUTES_BUCKET, events.INSTANCES_BUCKET, events.TOKENS_BUCKET):
+        for bucket in (events.ROUTES_BUCKET, events.INSTANCES_BUCKET, events.TOKENS_BUCKET, events.KEYS_BUCKET):
             self._kv[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
 
     async def kv(self, bucket: str) -> KeyValue:

@@ -1,7 +1,7 @@
 """The Python client: the management API and model calls, with no dependency beyond the stdlib.
 
 from pier.client import Client
-pier = Client()                     # reads $PIER_HOME/credentials.json written by `make up`
+pier = Client()                     # reads the profile of `pier login`, else $PIER_HOME/credentials.json
 pier.call("hello", data={"name": "Ada"})
 """
 
@@ -59,6 +59,31 @@ def credentials_path() -> Path:
     return Path(os.environ.get("PIER_HOME", ".pier")) / "credentials.json"
 
 
+def profile_path() -> Path:
+    """Where `pier login` keeps the signed-in user's key: $XDG_CONFIG_HOME/pier (default ~/.config/pier)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "pier" / "profile.json"
+
+
+def save_profile(api_url: str, gateway_url: str, token: str) -> Path:
+    """Write the profile readable by its owner only (0600, from its creation on: the key is a secret)."""
+    path = profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"api_url": api_url, "gateway_url": gateway_url, "token": token}, handle)
+    return path
+
+
+def _saved() -> dict[str, str]:
+    """The profile of `pier login`, else the credentials `make up` wrote, else nothing."""
+    for path in (profile_path(), credentials_path()):
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+    return {}
+
+
 def pack(path: Path) -> bytes:
     """A gzip'd tarball of `path` (without .git); `.modelignore` is applied by the builder."""
     buffer = io.BytesIO()
@@ -79,9 +104,7 @@ def pack(path: Path) -> bytes:
 
 class Client:
     def __init__(self, api_url: str | None = None, token: str | None = None, gateway_url: str | None = None) -> None:
-        saved: dict[str, str] = {}
-        if credentials_path().exists():
-            saved = json.loads(credentials_path().read_text())
+        saved = _saved()
         self.api_url = api_url or os.environ.get("PIER_API_URL") or saved.get("api_url", "http://127.0.0.1:8080")
         self.gateway_url = (
             gateway_url or os.environ.get("PIER_GATEWAY_URL") or saved.get("gateway_url", "http://127.0.0.1:8000")
@@ -253,6 +276,59 @@ class Client:
 
     def labels(self, ref: str) -> list[dict[str, Any]]:
         return list(self.api("GET", f"/models/{ref}/labels"))
+
+    # ---- users, organizations, sharing --------------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        return dict(self.api("GET", "/me"))
+
+    def create_user(self, name: str, email: str) -> dict[str, Any]:
+        """A new user (admin only); their first API key is in `key`, shown this once."""
+        return dict(self.api("POST", "/users", {"name": name, "email": email}))
+
+    def users(self) -> list[dict[str, Any]]:
+        return list(self.api("GET", "/users"))
+
+    def set_disabled(self, name: str, disabled: bool) -> dict[str, Any]:
+        return dict(self.api("PATCH", f"/users/{name}", {"disabled": disabled}))
+
+    def create_key(self, name: str) -> dict[str, Any]:
+        return dict(self.api("POST", "/me/keys", {"name": name}))
+
+    def keys(self) -> list[dict[str, Any]]:
+        return list(self.api("GET", "/me/keys"))
+
+    def delete_key(self, key_id: str) -> None:
+        self.api("DELETE", f"/me/keys/{key_id}")
+
+    def set_password(self, password: str) -> None:
+        """The caller's password for the dashboard's sign-in (argon2id-hashed by the api)."""
+        self.api("PUT", "/me/password", {"password": password})
+
+    def create_org(self, name: str) -> dict[str, Any]:
+        return dict(self.api("POST", "/orgs", {"name": name}))
+
+    def orgs(self) -> list[dict[str, Any]]:
+        return list(self.api("GET", "/orgs"))
+
+    def add_member(self, org: str, user: str) -> dict[str, Any]:
+        return dict(self.api("PUT", f"/orgs/{org}/members/{user}"))
+
+    def remove_member(self, org: str, user: str) -> None:
+        self.api("DELETE", f"/orgs/{org}/members/{user}")
+
+    def share(self, ref: str, principal: str, role: str) -> dict[str, Any]:
+        """Give a user, or an organization as `org:NAME`, the viewer or editor role."""
+        return dict(self.api("PUT", f"/models/{ref}/collaborators/{principal}", {"role": role}))
+
+    def collaborators(self, ref: str) -> list[dict[str, Any]]:
+        return list(self.api("GET", f"/models/{ref}/collaborators"))
+
+    def unshare(self, ref: str, principal: str) -> None:
+        self.api("DELETE", f"/models/{ref}/collaborators/{principal}")
+
+    def transfer(self, ref: str, owner: str) -> dict[str, Any]:
+        return dict(self.api("POST", f"/models/{ref}/transfer", {"owner": owner}))
 
     # ---- calling a model API -----------------------------------------------------------------
 

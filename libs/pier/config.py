@@ -80,6 +80,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     instance_output_rate: int = 1 << 20
     # The audit trail (services/api/audit.py): events older than this go from PostgreSQL and PIER_AUDIT.
     audit_max_age_days: float = 90.0
+    # Dashboard sign-in (docs/access.md): how long a session lasts (seconds), and how many failed
+    # sign-ins per name and per client address within the window (seconds) are answered before 429.
+    session_max_age: float = 12 * 3600.0
+    sign_in_failures: int = 5
+    sign_in_window: float = 300.0
     otel_exporter: str = ""
 
     @property

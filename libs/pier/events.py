@@ -28,6 +28,8 @@ AUDIT_STREAM = "PIER_AUDIT"
 ROUTES_BUCKET = "pier_routes"
 INSTANCES_BUCKET = "pier_instances"
 TOKENS_BUCKET = "pier_tokens"
+# Users' API keys (key: public prefix), for collaborators calling restricted model APIs; written by the api.
+KEYS_BUCKET = "pier_keys"
 # The scheduler's GPU inventory and queue, as the api shows them (key: GPUS_KEY), written by the scheduler.
 GPUS_BUCKET = "pier_gpus"
 GPUS_KEY = "inventory"
@@ -395,6 +397,9 @@ class RouteRecord(msgspec.Struct, kw_only=True):
     health: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
     # basic: only `latest` serves; advanced: `latest` and the promoted labels (e.g. `prod`) serve.
     routing_mode: Literal["basic", "advanced"] = "basic"
+    # Users with a role on the model API (owner, collaborators, their organizations' members): their
+    # own API keys (bucket `pier_keys`) may call it when it is restricted.
+    callers: frozenset[str] = frozenset()
     # Calls beyond the instances' capacity wait in a bounded queue; 0 means the gateway's default.
     queue_length: int = 0
     queue_timeout: float = 0.0
@@ -409,6 +414,15 @@ class TokenRecord(msgspec.Struct, kw_only=True):
     model_id: str
     hash: str
     revoked: bool = False
+
+
+class KeyRecord(msgspec.Struct, kw_only=True):
+    """A user's API key as the gateway sees it (bucket `pier_keys`, key: the key's public prefix):
+    present only while the key exists and its user is enabled. Only the SHA-256 travels."""
+
+    prefix: str
+    user: str
+    hash: str
 
 
 # The gateway reports which tokens were used (core NATS, best effort); the api records `last_used`.

@@ -7,6 +7,7 @@ from aiohttp import web
 from services.api import (
     audit,
     auth,
+    collaborators,
     control,
     environments,
     gpus,
@@ -15,11 +16,15 @@ from services.api import (
     labels,
     logs,
     metrics,
+    orgs,
+    policy,
     schedules,
+    sessions,
     settings,
     sources,
     sse,
     tokens,
+    users,
 )
 from services.api.errors import problems
 from services.api.http import Context
@@ -40,6 +45,10 @@ ROUTE_MODULES = [
     images,
     metrics,
     audit,
+    users,
+    orgs,
+    collaborators,
+    sessions,
 ]
 
 
@@ -55,4 +64,15 @@ def build(ctx: Context) -> web.Application:
         if hasattr(module, "setup"):
             module.setup(app, ctx)
     app.cleanup_ctx.append(tokens.track_last_used(ctx))
+    unguarded = policy.missing(served(app))
+    if unguarded:
+        # A route without a policy entry would be open to anyone with a key: refuse to start instead.
+        raise RuntimeError(f"routes without an entry in services/api/policy.py: {unguarded}")
     return app
+
+
+def served(app: web.Application) -> list[tuple[str, str]]:
+    """Every (method, path) the app routes, HEAD left out (it is its GET's)."""
+    return sorted(
+        {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None and r.method != "HEAD"}
+    )

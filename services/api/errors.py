@@ -46,6 +46,14 @@ class TooLarge(Problem):
     status, title = 413, "Content Too Large"
 
 
+class TooManyRequests(Problem):
+    status, title = 429, "Too Many Requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 _PATH_RE = re.compile(r"at `\$\.?(.*?)`$")
 
 
@@ -76,6 +84,8 @@ def problem_response(exc: Problem) -> web.Response:
     if exc.errors:
         body["errors"] = [{"field": f, "problem": p} for f, p in exc.errors]
     headers = {"WWW-Authenticate": 'Bearer realm="pier"'} if exc.status == 401 else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     return web.Response(
         body=msgspec.json.encode(body), status=exc.status, content_type="application/problem+json", headers=headers
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pier.artifacts import Store
-from services.api import auth, openapi, store
+from services.api import access, auth, openapi, store
 from services.api.http import Context, json_response, read_body
 from services.api.schemas import CreateModel, CreateVersion
 
@@ -35,9 +35,10 @@ class Handlers:
         """This document"""
         return json_response(openapi.document(request.app.router))
 
-    async def list_models(self, _: web.Request) -> web.Response:
+    async def list_models(self, request: web.Request) -> web.Response:
+        """The model APIs the caller may see"""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch("SELECT * FROM models WHERE state <> 'terminated' ORDER BY name")
+            rows = await access.visible_models(conn, request[auth.USER], request[auth.ADMIN])
             return json_response([await store.model_out(conn, r, self.settings.gateway_url) for r in rows])
 
     async def show_model(self, request: web.Request) -> web.Response:

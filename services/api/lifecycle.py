@@ -99,7 +99,7 @@ class Lifecycle:
             try:
                 await conn.execute(
                     "INSERT INTO models (id, name, owner, state, access, instances, workers, request_timeout, target,"
-                    " routing_mode) VALUES ($1, $2, $3, 'building', $4, $5, $6, $7, 1, $8)",
+                    " routing_mode, visibility) VALUES ($1, $2, $3, 'building', $4, $5, $6, $7, 1, $8, $9)",
                     model_id,
                     spec.name,
                     actor,
@@ -108,6 +108,7 @@ class Lifecycle:
                     workers,
                     spec.request_timeout,
                     spec.routing_mode,
+                    spec.visibility,
                 )
             except asyncpg.UniqueViolationError:
                 raise Conflict(

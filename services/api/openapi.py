@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from services.api import policy
 from services.api.audit import EventPage
 from services.api.schemas import CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut
 
@@ -22,7 +23,6 @@ _SCHEMAS: dict[tuple[str, str], tuple[str | None, str | None, int]] = {
     ("GET", "/v1/events"): (None, "EventPage", 200),
 }
 _COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut, EventPage]
-_PUBLIC = {"/v1/health", "/v1/openapi.json", "/metrics"}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -49,8 +49,14 @@ def document(router: web.UrlDispatcher) -> dict[str, Any]:
             op["requestBody"] = _ref(request)
         if response:
             op["responses"][str(status)].update(_ref(response))
-        if path in _PUBLIC:
-            op["security"] = []
+        rule = policy.rule(route.method, path)
+        if rule is not None:
+            # Who may call it, from the policy table the api enforces (docs/access.md).
+            op["x-pier-role"] = rule.role.label
+            if rule.owner_fields:
+                op["x-pier-role-owner-fields"] = sorted(rule.owner_fields)
+            if rule.role is policy.Role.PUBLIC:
+                op["security"] = []
         params = [p[1:-1] for p in path.split("/") if p.startswith("{")]
         if params:
             op["parameters"] = [

@@ -15,6 +15,8 @@ Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", descrip
 Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", description="a sha256: 64 lower-case hex digits")]
 Access = Literal["restricted", "unrestricted"]
 RoutingMode = Literal["basic", "advanced"]
+# Public: every signed-in user may see it (as a viewer); private: its collaborators only.
+Visibility = Literal["public", "private"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -59,6 +61,7 @@ class CreateModel(CodeSpec, kw_only=True, forbid_unknown_fields=True):
     # Restricted: a call needs one of the model API's access tokens (`pier tokens create`).
     access: Access = "restricted"
     routing_mode: RoutingMode = "basic"
+    visibility: Visibility = "private"
 
 
 class CreateVersion(CodeSpec, kw_only=True, forbid_unknown_fields=True):
@@ -107,6 +110,7 @@ class ModelOut(msgspec.Struct, kw_only=True):
     reason: str
     access: Access
     routing_mode: RoutingMode
+    visibility: Visibility
     instances: int
     gpu_type: str | None = None
     gpu_count: int = 0

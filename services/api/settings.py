@@ -45,10 +45,13 @@ class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, om
     # Gateway settings: published in the route record, applied without restarting instances.
     access: Literal["restricted", "unrestricted"] | None = None
     routing_mode: Literal["basic", "advanced"] | None = None
+    # Who may see it: the owner's choice (the policy table asks for the owner when this is set).
+    visibility: Literal["public", "private"] | None = None
 
 
 class SettingsOut(msgspec.Struct, kw_only=True):
     request_timeout: float
+    visibility: str
     # Every field, defaults included (HealthPolicy itself omits defaults on the wire).
     health: dict[str, float]
     # Instances still to restart for the last change (the first is restarting now).
@@ -129,7 +132,11 @@ async def apply(conn: asyncpg.Connection, ref: str, changes: ModelSettings, emit
 
 
 async def _apply_gateway_settings(conn: asyncpg.Connection, model: asyncpg.Record, changes: ModelSettings) -> None:
-    """Access and routing mode: the route record (published after the commit) carries them."""
+    """Access, routing mode (the route record, published after the commit, carries them) and visibility."""
+    if changes.visibility is not None and changes.visibility != model["visibility"]:
+        await conn.execute(
+            "UPDATE models SET visibility = $2, updated_at = now() WHERE id = $1", model["id"], changes.visibility
+        )
     if changes.access is not None and changes.access != model["access"]:
         await conn.execute(
             "UPDATE models SET access = $2, updated_at = now() WHERE id = $1", model["id"], changes.access
@@ -223,6 +230,7 @@ class SettingsRoutes:
         return json_response(
             SettingsOut(
                 request_timeout=model["request_timeout"],
+                visibility=model["visibility"],
                 health=msgspec.structs.asdict(stored_policy(model)),
                 restarting=restarting,
             )

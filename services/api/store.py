@@ -18,8 +18,12 @@ async def resolve(conn: asyncpg.Connection, ref: str, *, lock: bool = False) -> 
         f"SELECT * FROM models WHERE (id = $1 OR name = $1) AND state <> 'terminated'{suffix}", ref
     )
     if row is None:
-        raise NotFound(f"no model API with id or name {ref!r}")
+        raise not_found(ref)
     return row
+
+
+def not_found(ref: str) -> NotFound:
+    return NotFound(f"no model API with id or name {ref!r}")
 
 
 def _version(row: asyncpg.Record) -> VersionOut:
@@ -56,6 +60,7 @@ async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: 
         reason=row["reason"],
         access=row["access"],
         routing_mode=row["routing_mode"],
+        visibility=row["visibility"],
         instances=row["instances"],
         gpu_type=row["gpu_type"],
         gpu_count=row["gpu_count"],

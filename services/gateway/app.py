@@ -17,7 +17,7 @@ import structlog
 from pier import metrics, telemetry
 from pier.bus import Bus
 from pier.config import Settings
-from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
+from pier.events import INSTANCES_BUCKET, KEYS_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
 from pier.http import SECRET_HEADER
 from pier.http.client import Proxy, Unreachable, UpstreamFailed, UpstreamTimeout
 from pier.http.limits import from_settings
@@ -413,7 +413,7 @@ def _decode_object(body: bytes) -> dict[str, Any]:
 async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
     """Load the table, then serve HTTP until the block ends."""
     table = Table()
-    kvs = {bucket: await bus.kv(bucket) for bucket in (ROUTES_BUCKET, INSTANCES_BUCKET, TOKENS_BUCKET)}
+    kvs = {bucket: await bus.kv(bucket) for bucket in (ROUTES_BUCKET, INSTANCES_BUCKET, TOKENS_BUCKET, KEYS_BUCKET)}
     limits = from_settings(settings)
     async with asyncio.TaskGroup() as tg, Proxy(limits) as proxy:
         followers = await table_module.load(kvs, table, tg)

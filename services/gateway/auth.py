@@ -2,9 +2,10 @@
 
 A token arrives as `Authorization: Bearer <token>` or as HTTP Basic with the token as user name
 and/or password (as Domino's clients send it). Its public prefix finds the record the `pier_tokens`
-watch keeps in the table; the SHA-256 of the whole token is compared in constant time. Every
-failure reads the same to the caller (no hint whether the token exists, is revoked, or belongs to
-another model API), and no token is ever logged.
+watch keeps in the table (for a collaborator calling with their own API key, the `pier_keys` one);
+the SHA-256 of the whole token is compared in constant time. Every failure reads the same to the
+caller (no hint whether the token exists, is revoked, or belongs to another model API), and no
+token is ever logged.
 """
 
 from __future__ import annotations
@@ -59,10 +60,17 @@ class Authenticator:
             if prefix is None:
                 continue
             known = self.table.tokens.get(prefix)
-            if known is None or known.revoked or known.model_id != record.model_id:
+            if known is not None:
+                if known.revoked or known.model_id != record.model_id:
+                    continue
+                if hmac.compare_digest(token_hash(token), known.hash):
+                    self.used.add(prefix)
+                    return True
                 continue
-            if hmac.compare_digest(token_hash(token), known.hash):
-                self.used.add(prefix)
+            # A user's own API key, if they have a role on this model API (a disabled user's keys
+            # and deleted keys are not in the table).
+            key = self.table.keys.get(prefix)
+            if key is not None and key.user in record.callers and hmac.compare_digest(token_hash(token), key.hash):
                 return True
         return False
 

@@ -1,7 +1,7 @@
 """The gateway's in-memory view of routes, instances and access tokens, fed by KV watches.
 
 Requests never wait on NATS: every lookup is a dict access against this table, which the
-watches of `pier_routes`, `pier_instances` and `pier_tokens` keep current.
+watches of `pier_routes`, `pier_instances`, `pier_tokens` and `pier_keys` keep current.
 """
 
 from __future__ import annotations
@@ -14,13 +14,23 @@ import structlog
 from nats.js.kv import KeyValue
 
 from pier.bus import watch
-from pier.events import INSTANCES_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, InstanceRecord, RouteRecord, TokenRecord
+from pier.events import (
+    INSTANCES_BUCKET,
+    KEYS_BUCKET,
+    ROUTES_BUCKET,
+    TOKENS_BUCKET,
+    InstanceRecord,
+    KeyRecord,
+    RouteRecord,
+    TokenRecord,
+)
 
 log = structlog.get_logger("gateway.table")
 
 _route_decoder = msgspec.json.Decoder(RouteRecord)
 _instance_decoder = msgspec.json.Decoder(InstanceRecord)
 _token_decoder = msgspec.json.Decoder(TokenRecord)
+_key_decoder = msgspec.json.Decoder(KeyRecord)
 
 
 class Table:
@@ -32,6 +42,8 @@ class Table:
         self._ready: dict[tuple[str, int], dict[str, InstanceRecord]] = {}
         self._revisions: dict[str, int] = {}
         self.tokens: dict[str, TokenRecord] = {}
+        # Users' API keys by public prefix: a collaborator may call with their own (bucket pier_keys).
+        self.keys: dict[str, KeyRecord] = {}
         # Called with (model_id, version) when a version's ready instances change: queued calls may go.
         self.on_ready_change: Callable[[str, int], None] | None = None
 
@@ -66,6 +78,11 @@ class Table:
                     self.tokens.pop(key, None)
                 else:
                     self.tokens[key] = _token_decoder.decode(value)
+            elif bucket == KEYS_BUCKET:
+                if value is None:
+                    self.keys.pop(key, None)
+                else:
+                    self.keys[key] = _key_decoder.decode(value)
         except msgspec.DecodeError as exc:
             # Keeping the last good value serves traffic better than dropping the key.
             log.error("undecodable record ignored", bucket=bucket, key=key, error=str(exc))

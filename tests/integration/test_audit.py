@@ -168,10 +168,17 @@ async def test_bad_feed_queries_are_400_naming_the_field(api: Api, query: dict[s
     assert [e["field"] for e in problem["errors"]] == [field]
 
 
-async def test_only_the_owner_and_admins_read_a_model_apis_history_and_admins_alone_the_whole(api: Api) -> None:
+async def test_editors_owners_and_admins_read_a_model_apis_history_and_admins_alone_the_whole(api: Api) -> None:
     await _create(api.admin, api.settings, "admins")
     await _create(api.bob, api.settings, "bobs")
+    # Private (the default): to bob it does not exist; public, he is a viewer, who may not read it.
+    assert (await _feed(api.bob, model="admins"))[0] == 404
+    async with api.admin.patch("/v1/models/admins", json={"visibility": "public"}) as r:
+        assert r.status == 200, await r.text()
     assert (await _feed(api.bob, model="admins"))[0] == 403
+    async with api.admin.put("/v1/models/admins/collaborators/bob", json={"role": "editor"}) as r:
+        assert r.status == 200, await r.text()
+    assert (await _feed(api.bob, model="admins"))[0] == 200
     assert (await _feed(api.bob))[0] == 403
     assert (await _feed(api.bob, model="bobs"))[0] == 200
     assert (await _feed(api.admin, model="bobs"))[0] == 200

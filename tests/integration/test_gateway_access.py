@@ -14,7 +14,7 @@ import pytest
 from infra.embedded import free_port
 from pier import bus
 from pier.config import Settings
-from pier.events import TOKENS_BUCKET, TokenRecord, new_token, token_hash
+from pier.events import KEYS_BUCKET, TOKENS_BUCKET, KeyRecord, TokenRecord, new_token, token_hash
 from services.gateway.app import running
 from tests.integration import test_gateway
 from tests.integration.test_gateway import (
@@ -68,6 +68,36 @@ async def test_restricted_model_api_takes_its_token_as_bearer_or_basic(env: Env,
     ):
         status, body, _ = await env.call("POST", "/models/locked/latest/model", headers=headers, **call)
         assert (status, body["result"]["sum"]) == (200, 2), headers
+
+
+async def test_a_collaborator_calls_with_their_own_api_key_until_it_leaves_the_bucket(env: Env, tmp_path: Path) -> None:
+    record = route_record(uuid.uuid4().hex, "shared", access="restricted", callers=frozenset({"ada"}))
+    kv = await env.bus.kv(KEYS_BUCKET)
+
+    async def put_key(user: str) -> tuple[str, str]:
+        secret, prefix = new_token()
+        revision = await kv.put(
+            prefix, msgspec.json.encode(KeyRecord(prefix=prefix, user=user, hash=token_hash(secret)))
+        )
+        await until(lambda: env.gateway.table.applied(KEYS_BUCKET, revision))
+        return secret, prefix
+
+    async def status(secret: str) -> int:
+        headers = {"Authorization": f"Bearer {secret}"}
+        return (await env.call("POST", "/models/shared/latest/model", headers=headers, json={"data": {"x": 1}}))[0]
+
+    async with start_harness(tmp_path, MODEL_CODE, ENTRYPOINT) as harness:
+        await env.put_route(record)
+        await env.put_instance(instance(record.model_id, harness.address))
+        ada, ada_prefix = await put_key("ada")
+        stranger, _ = await put_key("bob")  # a valid key, but bob has no role on `shared`
+        assert await status(ada) == 200
+        assert await status(ada[:-4] + "AAAA") == 401
+        assert await status(stranger) == 401
+        # What the api does when the key is deleted or its user disabled.
+        await kv.delete(ada_prefix)
+        await until(lambda: ada_prefix not in env.gateway.table.keys)
+        assert await status(ada) == 401
 
 
 async def test_missing_invalid_or_foreign_token_is_the_same_401(env: Env, locked: str, tmp_path: Path) -> None:

@@ -6,13 +6,25 @@ import argparse
 import os
 import sys
 
-from pier.cli import control, deploy, environments, events, logs, models, schedules, settings, sources, tokens
+from pier.cli import (
+    access,
+    control,
+    deploy,
+    environments,
+    events,
+    logs,
+    models,
+    schedules,
+    settings,
+    sources,
+    tokens,
+)
 from pier.cli.usage import UsageError
 from pier.client import ApiError, Client, Unreachable, credentials_path
 
 USAGE = 2  # as argparse exits for a bad flag
 
-COMMANDS = [deploy, models, sources, environments, schedules, logs, events, settings, tokens, control]
+COMMANDS = [deploy, models, sources, environments, schedules, logs, events, settings, tokens, control, access]
 
 
 def parser() -> argparse.ArgumentParser:
