@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -51,6 +53,21 @@ def pier(platform: Platform, *args: str, timeout: float = 180) -> subprocess.Com
     return subprocess.run(
         [sys.executable, "-m", "pier", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def follow(platform: Platform, *args: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """A following `pier` command (`logs NAME -f`, `events NAME -f`) as a user runs it; its stdout,
+    line by line, in a queue."""
+    env = {**os.environ, "PIER_HOME": str(platform.settings.home)}
+    follower = subprocess.Popen([sys.executable, "-m", "pier", *args], env=env, stdout=subprocess.PIPE, text=True)
+    printed: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in follower.stdout or []:
+            printed.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return follower, printed
 
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

@@ -8,9 +8,6 @@ import json
 import os
 import queue
 import signal
-import subprocess
-import sys
-import threading
 from typing import Any
 
 import asyncpg
@@ -18,7 +15,7 @@ import asyncpg
 from infra.supervisor import Platform
 from pier.client import Client
 from services.api import audit
-from tests.e2e.conftest import EXAMPLES, TOKEN, pier
+from tests.e2e.conftest import EXAMPLES, TOKEN, follow, pier
 from tests.support import until
 
 
@@ -33,22 +30,6 @@ def _create(client: Client, name: str) -> None:
 
 def _actions(client: Client, name: str) -> list[str]:
     return [e["action"] for e in client.events(name)["events"]]
-
-
-def _follow(platform: Platform, name: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
-    """`pier events NAME -f` as a user runs it; its stdout, line by line, in a queue."""
-    env = {**os.environ, "PIER_HOME": str(platform.settings.home)}
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "pier", "events", name, "-f"], env=env, stdout=subprocess.PIPE, text=True
-    )
-    printed: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in follower.stdout or []:
-            printed.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return follower, printed
 
 
 async def test_pier_events_shows_who_changed_what_and_follows_new_changes(platform: Platform) -> None:
@@ -76,7 +57,7 @@ async def test_pier_events_shows_who_changed_what_and_follows_new_changes(platfo
     assert neither.returncode == 2 and "--all" in neither.stderr
     assert secret not in shown.stdout + as_json.stdout + everything.stdout
 
-    follower, printed = _follow(platform, "ledger")
+    follower, printed = follow(platform, "events", "ledger", "-f")
     seen: list[str] = []
 
     def saw(action: str) -> bool:

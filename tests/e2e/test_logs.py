@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from infra.supervisor import Platform
 from pier import events
 from pier.client import ApiError, Client
 from pier.config import Settings
-from tests.e2e.conftest import TOKEN, pier, running_platform
+from tests.e2e.conftest import TOKEN, follow, pier, running_platform
 from tests.support import until
 
 # Each call writes a line to the instance's stdout, which is its instance log.
@@ -74,22 +72,6 @@ def _position(lines: list[str], text: str) -> int:
     return next(n for n, line in enumerate(lines) if text in line)
 
 
-def _follow(platform: Platform, name: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
-    """`pier logs NAME -f` as a user runs it; its stdout, line by line, in a queue."""
-    env = {**os.environ, "PIER_HOME": str(platform.settings.home)}
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "pier", "logs", name, "-f"], env=env, stdout=subprocess.PIPE, text=True
-    )
-    printed: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in follower.stdout or []:
-            printed.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return follower, printed
-
-
 async def test_pier_logs_prints_instance_build_and_deployment_logs_newest_first(
     platform: Platform, tmp_path: Path
 ) -> None:
@@ -126,7 +108,7 @@ async def test_a_follower_sees_a_new_line_within_a_second(platform: Platform, tm
     client.call("live", data={"n": 1})
     await until(lambda: _calls_logged(client, "live", 1), within=30, every=0.1)
 
-    follower, printed = _follow(platform, "live")
+    follower, printed = follow(platform, "logs", "live", "-f")
 
     def next_line_with(text: str, within: float) -> str:
         deadline = time.monotonic() + within
