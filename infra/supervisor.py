@@ -35,6 +35,8 @@ from pier.service import HEALTH_SUBJECT
 from services.scheduler.runtimes.local import instances_root, stop_all
 
 SERVICES = ("api", "builder", "scheduler", "monitor", "gateway")
+# PIER_REPLICAS runs this many of each service at most: a trial of the replicated shape on one machine.
+MAX_REPLICAS = 8
 # Each stage of a stop waits this long before it escalates to SIGKILL.
 SERVICE_STOP_TIMEOUT = 4.0
 INSTANCE_STOP_TIMEOUT = 3.0
@@ -49,12 +51,15 @@ class StartFailed(Exception):
 
 
 class Service:
-    """One service process, restarted with back-off when it dies on its own."""
+    """One service process, restarted with back-off when it dies on its own. `name` is the service
+    (`scheduler`) for the first replica, with the replica's number after it for the others
+    (`scheduler-2`): it names the log file and the lines the supervisor prints."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
+    def __init__(self, module: str, replica: int, env: dict[str, str], log_dir: Path) -> None:
+        self.module = module
+        self.name = module if replica == 1 else f"{module}-{replica}"
         self.env = env
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.backoff = 1.0
@@ -63,7 +68,7 @@ class Service:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
+                [sys.executable, "-m", f"services.{self.module}"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -89,10 +94,12 @@ class Platform:
         # No service but the api has any business with the admin token.
         env["PIER_ADMIN_TOKEN"] = env["PIER_ADMIN_TOKEN_FILE"] = ""
         admin = self._admin_token_env(admin_token)
-        self.services = {}
+        self.services: dict[str, Service] = {}
         for name in SERVICES:
             own = {**env, **self._credentials_env(name), **(admin if name == "api" else {})}
-            self.services[name] = Service(name, own, self.log_dir)
+            for replica in range(1, settings.replicas + 1):
+                service = Service(name, replica, {**own, **_replica_env(settings, name, replica)}, self.log_dir)
+                self.services[service.name] = service
 
     def _admin_token_env(self, token: str) -> dict[str, str]:
         if self.credentials is None:
@@ -128,7 +135,8 @@ class Platform:
                         if service.proc and service.proc.poll() is not None:
                             raise StartFailed(f"{name} exited at start; see {service.log_path}")
                         try:
-                            await nc.request(HEALTH_SUBJECT.format(service=name), b"", timeout=0.5)
+                            # Any replica may answer (a standby scheduler never does: the leader).
+                            await nc.request(HEALTH_SUBJECT.format(service=service.module), b"", timeout=0.5)
                             break
                         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                             await asyncio.sleep(0.05)
@@ -199,13 +207,30 @@ def _credentials_file(settings: Settings) -> Path:
     return path
 
 
+def _replica_env(settings: Settings, service: str, replica: int) -> dict[str, str]:
+    """What differs between replicas of a service: each gateway's /metrics needs a port of its own
+    (a shared one would answer for a random replica at each scrape)."""
+    if service != "gateway":
+        return {}
+    return {"PIER_GATEWAY_METRICS_PORT": str(_gateway_metrics_ports(settings)[replica - 1])}
+
+
+def _gateway_metrics_ports(settings: Settings) -> list[int]:
+    return [settings.gateway_metrics_port + k for k in range(settings.replicas)]
+
+
 def _check_ports(settings: Settings, nats_port: int, pg_port: int) -> None:
     """Fail at once, naming the port and the setting that moves it, rather than time out later or
     talk to whatever holds it."""
+    if not 1 <= settings.replicas <= MAX_REPLICAS:
+        raise StartFailed(f"PIER_REPLICAS must be between 1 and {MAX_REPLICAS}, not {settings.replicas}")
+    metrics = [
+        (settings.gateway_metrics_host, port, "PIER_GATEWAY_METRICS_PORT") for port in _gateway_metrics_ports(settings)
+    ]
     for host, port, variable in (
         (settings.api_host, settings.api_port, "PIER_API_PORT"),
         (settings.gateway_host, settings.gateway_port, "PIER_GATEWAY_PORT"),
-        (settings.gateway_metrics_host, settings.gateway_metrics_port, "PIER_GATEWAY_METRICS_PORT"),
+        *metrics,
         ("127.0.0.1", nats_port, "PIER_NATS_URL"),
         ("127.0.0.1", pg_port, "PIER_DATABASE_URL"),
     ):
@@ -291,6 +316,8 @@ async def up() -> None:
         run.platform.start()
         await run.platform.wait_healthy()
         _say(f"ready in {time.monotonic() - started:.1f}s")
+        if settings.replicas > 1:
+            _say(f"replicas:          {settings.replicas} of each service (one scheduler leads)")
         _say(f"management api:    {settings.api_url}")
         _say(f"gateway:           {settings.gateway_url}")
         _say(f"admin token:       in {run.credentials_path} (the pier CLI reads it)")

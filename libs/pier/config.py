@@ -85,6 +85,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     session_max_age: float = 12 * 3600.0
     sign_in_failures: int = 5
     sign_in_window: float = 300.0
+    # `make up` with PIER_REPLICAS=N runs N of each service (docs/replicas.md): the api and gateway
+    # replicas share their ports (SO_REUSEPORT), gateway replica k serves /metrics on the metrics
+    # port + k - 1, and one scheduler leads while the others stand by.
+    replicas: int = 1
     otel_exporter: str = ""
 
     @property

@@ -30,7 +30,9 @@ async def main(settings: Settings) -> None:
             await routing.publish_all(b, pool)
             runner = web.AppRunner(app.build(Context(pool, b, lifecycle, settings)), access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+            # Replicas share the port: the kernel spreads connections among them.
+            site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_port=settings.replicas > 1)
+            await site.start()
             try:
                 await announce_ready(b, "api")
                 await together(

@@ -429,7 +429,7 @@ async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
         )
         metrics_server = Server(gateway.metrics_page, gateway.refused, max_body=0)
         try:
-            await server.listen_tcp(settings.gateway_host, settings.gateway_port)
+            await server.listen_tcp(settings.gateway_host, settings.gateway_port, reuse_port=settings.replicas > 1)
             gateway.metrics_port = await metrics_server.listen_tcp(
                 settings.gateway_metrics_host, settings.gateway_metrics_port
             )

@@ -11,6 +11,7 @@ from pier.service import announce_ready, run
 from pier.tasks import together
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
 from services.scheduler.inventory import discover
+from services.scheduler.leader import leadership
 from services.scheduler.logship import LogShipper
 from services.scheduler.runtimes.local import LocalRuntime
 
@@ -18,7 +19,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def main(settings: Settings) -> None:
-    async with bus.connect(settings, "scheduler") as b:
+    # Standbys wait here, before anything that reads or changes placements (services/scheduler/leader.py).
+    async with leadership(settings) as leader, bus.connect(settings, "scheduler") as b:
         pool = await db.create_pool(settings, "scheduler")
         try:
             await db.migrate(pool, MIGRATIONS)
@@ -33,6 +35,7 @@ async def main(settings: Settings) -> None:
                 ),
                 controller.watch(),
                 LogShipper(pool, b, settings.home).run(),
+                leader.hold(),
             )
         finally:
             await db.close_pool(pool)

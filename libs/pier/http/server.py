@@ -497,9 +497,12 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def listen_tcp(self, host: str, port: int) -> int:
-        """Listen on host:port (0: any free port); the port listened on."""
-        server = await self.loop.create_server(lambda: _Connection(self), host, port, reuse_address=True)
+    async def listen_tcp(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen on host:port (0: any free port); the port listened on. `reuse_port`: replicas of
+        one service share the port, the kernel spreading connections among them."""
+        server = await self.loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
         return self._listening(server)
 
     async def listen_socket(self, sock: socket.socket) -> int:
