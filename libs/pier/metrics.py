@@ -164,6 +164,50 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
-# Each service process keeps one registry; `pier.service` answers `pier.metrics.<service>` with it.
+def with_label(text: str, name: str, value: str) -> str:
+    """`text` (exposition format) with `name="value"` added to every sample, so that the answers of
+    several replicas of a service stay distinct series on one page (summed by the query, as
+    Prometheus sums targets)."""
+    label = f'{name}="{_escape(value)}"'
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=len(line))
+            if line[cut : cut + 1] == "{":
+                line = f"{line[: cut + 1]}{label},{line[cut + 1 :]}"
+            else:
+                line = f"{line[:cut]}{{{label}}}{line[cut:]}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def merge(texts: Iterable[str]) -> str:
+    """One page from several: each family's HELP and TYPE once, its samples from every text after
+    them; a series (name and labels) two texts both have is kept once, from the first."""
+    families: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    current: list[str] | None = None
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# HELP "):
+                family = line.split(" ", 3)[2]
+                known = family in families
+                current = families.setdefault(family, [])
+                if not known:
+                    current.append(line)
+            elif line.startswith("# TYPE "):
+                if current is not None and len(current) == 1:
+                    current.append(line)
+            elif line and current is not None:
+                series = line.rsplit(" ", 1)[0]
+                if series not in seen:
+                    seen.add(series)
+                    current.append(line)
+    return "\n".join(line for lines in families.values() for line in lines) + "\n"
+
+
+# Each service process keeps one registry; `pier.service` answers `pier.metrics.<service>` with it,
+# each replica labelling its samples `replica="<host>-<pid>"`.
 REGISTRY = Registry()
 METRICS_SUBJECT = "pier.metrics.{service}"
+REPLICA_LABEL = "replica"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -21,13 +23,17 @@ HEALTH_SUBJECT = "pier.health.{service}"
 async def announce_ready(bus: Bus, service: str) -> None:
     """Answer health requests on `pier.health.<service>` from now on: the supervisor and
     `pier status` ask there, and any replica may answer. Answer `pier.metrics.<service>` with
-    the process's metrics (Prometheus text), which the api merges into its GET /metrics."""
+    the process's metrics (Prometheus text, labelled with this replica), which the api gathers
+    from every replica into its GET /metrics."""
 
     async def answer(msg: object) -> None:
         await msg.respond(b"ok")  # type: ignore[attr-defined]
 
+    replica = f"{socket.gethostname()}-{os.getpid()}"
+
     async def answer_metrics(msg: object) -> None:
-        await msg.respond(metrics.REGISTRY.render().encode())  # type: ignore[attr-defined]
+        text = metrics.with_label(metrics.REGISTRY.render(), metrics.REPLICA_LABEL, replica)
+        await msg.respond(text.encode())  # type: ignore[attr-defined]
 
     await bus.nc.subscribe(HEALTH_SUBJECT.format(service=service), cb=answer)
     await bus.nc.subscribe(metrics.METRICS_SUBJECT.format(service=service), cb=answer_metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 from infra.supervisor import Platform
@@ -16,11 +17,15 @@ def _metrics(platform: Platform) -> str:
 
 
 def _value(text: str, sample: str) -> float:
-    """The value of the sample line starting with `sample` (name and labels), 0 when absent."""
+    """The sum over replicas of the sample named `sample` (name and labels, as a query would sum
+    `without (replica)`), 0 when absent."""
+    total = 0.0
     for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+        if not line.startswith("#") and re.sub(r'replica="[^"]*",?', "", line).replace("{}", "").startswith(
+            sample + " "
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 async def test_after_a_deploy_the_api_metrics_show_a_build_a_placement_and_probes(
@@ -39,5 +44,7 @@ async def test_after_a_deploy_the_api_metrics_show_a_build_a_placement_and_probe
     assert _value(text, "pier_scheduler_placements_total") >= 1
     for service in ("builder", "scheduler", "monitor"):
         assert _value(text, f'pier_service_up{{service="{service}"}}') == 1
+    # Every sample a service answers with names the replica it came from.
+    assert re.search(r'^pier_scheduler_placements_total\{replica="[^"]+-\d+"\} 1$', text, re.M), text
     # The deploy returned once an instance was ready, which took passing probes.
     await until(lambda: _value(_metrics(platform), 'pier_monitor_probes_total{outcome="healthy"}') >= 1)

@@ -120,3 +120,12 @@ def test_the_standby_scheduler_takes_over_with_every_deploy_done_and_no_gpu_twic
     assert sorted(devices) == ["0", "1"], f"GPUs of the live instances: {devices}"
     assert set(statuses) <= {"200", "503"}, f"answers while the scheduler failed over: {dict(statuses)}"
     assert statuses["200"] > 0
+
+    # The api's /metrics asks every replica: two of each answer; of the schedulers only the
+    # leader (a standby answers nothing until it leads).
+    with urllib.request.urlopen(client.api_url + "/metrics", timeout=10) as answer:
+        page = answer.read().decode()
+    up = {s: f'pier_service_up{{service="{s}"}} {n}' for s, n in (("api", 2), ("builder", 2), ("monitor", 2))}
+    up["scheduler"] = 'pier_service_up{service="scheduler"} 1'
+    for service, line in up.items():
+        assert line in page.splitlines(), f"{service}: {[x for x in page.splitlines() if 'service_up' in x]}"
