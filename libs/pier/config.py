@@ -89,6 +89,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # replicas share their ports (SO_REUSEPORT), gateway replica k serves /metrics on the metrics
     # port + k - 1, and one scheduler leads while the others stand by.
     replicas: int = 1
+    # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set;
+    # PIER_OTEL_EXPORTER=console prints them instead (docs/production.md).
+    otlp_endpoint: str = ""
     otel_exporter: str = ""
 
     @property
