@@ -78,12 +78,14 @@ export async function signOut() {
 }
 
 // Server-sent events read with fetch (an EventSource cannot send the Authorization header).
-// Calls onEvent(kind, data, id) per event; reconnects after a drop until `signal` aborts.
-export async function follow(path, onEvent, signal) {
+// Calls onEvent(kind, data, id) per event, and onOpen() at each (re)connection; reconnects after a
+// drop until `signal` aborts.
+export async function follow(path, onEvent, signal, onOpen) {
   while (!signal.aborted) {
     try {
       const answer = await fetch(path, { headers: headers("GET", false), credentials: "same-origin", signal });
       if (!answer.ok) throw new ApiError(answer.status, await answer.text());
+      if (onOpen) onOpen();
       const reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {

@@ -77,7 +77,6 @@ export async function render(view, ctx) {
     }
     cards.replaceChildren(...list);
     if (!cards.querySelector("input:checked")) cards.querySelector("input").checked = true;
-    count.disabled = cards.querySelector("input:checked").value === "";
   };
   count.addEventListener("change", drawCards);
   cards.addEventListener("change", drawCards);
@@ -154,7 +153,7 @@ export async function render(view, ctx) {
     h("section", { class: "panel" }, h("h2", {}, "Name and source"),
       field("Name", name, { help: "lower-case letters, digits and -" }), kindPick, ...Object.values(sourceFields)),
     h("section", { class: "panel" }, h("h2", {}, "Compute"),
-      field("GPUs per instance", count, { name: "gpu_count", help: "at most 4, on one node" }),
+      field("GPUs per instance", count, { name: "gpu_count", help: "with a GPU type below: at most 4, on one node" }),
       h("div", { class: "field" }, h("span", { class: "help" }, "GPU type"), cards, h("p", { class: "error", "data-error-for": "gpu_type" })),
       h("div", { class: "grid" }, field("Instances", instances, { help: "1 to 32" }),
         field("Disk size", disk, { help: "It cannot be changed later." }), field("Quota", quota), field("Workers", workers))),

@@ -38,9 +38,10 @@ export async function render(view, ctx) {
   };
   draw();
   await follow("/v1/models?follow=true", (kind, data) => {
-    live.textContent = "Live: states update as they change.";
     if (kind === "model") shown.set(data.id, data);
     else if (kind === "removed") shown.delete(data.id);
     draw();
-  }, ctx.signal);
+  }, ctx.signal, () => {
+    live.textContent = "Live: states update as they change.";
+  });
 }

@@ -30,7 +30,7 @@ export async function render(view, ctx) {
     ...tokens.map((t) => h("option", { value: `kept:${t.name}` }, `token ${t.name} (made in this tab)`)),
     key ? h("option", { value: "key" }, "my API key") : null, h("option", { value: "paste" }, "paste a token"));
   const pasted = h("input", { id: "tester-pasted", type: "password", autocomplete: "off", name: "pasted" });
-  const pastedField = field("Token", pasted);
+  const pastedField = field("Pasted token", pasted);
   const fill = () => {
     const t = targets[Number(target.value)];
     body.value = t.body === null ? "" : JSON.stringify(t.body, null, 2);
