@@ -1,7 +1,7 @@
 """`GET /v1/models?follow=true`: the model APIs the caller may see, live, as server-sent events.
 
 The stream starts with one `model` event per model API (the list's answer, one by one), then sends
-a `model` event whenever one changes (state, reason, versions, instances, place in line) or
+a `model` event whenever one changes (state, reason, versions, labels, instances, place in line) or
 appears, and a `removed` event (`{"id"}`) when one is terminated or no longer visible to the caller.
 It polls PostgreSQL through services/api/sse.py, so a change folded by any api replica is seen on
 every stream. Event ids only order the events of one stream: a client that reconnects gets the
@@ -26,12 +26,13 @@ async def _fingerprints(conn: asyncpg.Connection, user: str, admin: bool) -> dic
     """Per visible model API, what changes when anything the list shows does (cheap: two queries)."""
     rows = await access.visible_models(conn, user, admin)
     counts = {
-        r["model_id"]: (r["n"], r["ready"], r["versions"])
+        r["model_id"]: (r["n"], r["ready"], r["versions"], r["labels"])
         for r in await conn.fetch(
             "SELECT m.id AS model_id,"
             " (SELECT count(*) FROM instances i WHERE i.model_id = m.id AND i.state <> 'stopped') AS n,"
             " (SELECT count(*) FROM instances i WHERE i.model_id = m.id AND i.state = 'ready') AS ready,"
-            " (SELECT string_agg(v.number || v.state, ',') FROM versions v WHERE v.model_id = m.id) AS versions"
+            " (SELECT string_agg(v.number || v.state, ',') FROM versions v WHERE v.model_id = m.id) AS versions,"
+            " (SELECT string_agg(l.label || l.version, ',') FROM labels l WHERE l.model_id = m.id) AS labels"
             " FROM models m WHERE m.id = ANY($1::text[])",
             [r["id"] for r in rows],
         )

@@ -170,6 +170,9 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
     await page.get_by_role("button", name="Promote version 2 to prod").click()
     await expect(page.locator("[data-version='2'] [data-labels]")).to_have_text("latest, prod")
     await expect(page.locator("[data-version='1'] [data-labels]")).to_have_text("")
+    await page.get_by_role("link", name="Model APIs", exact=True).click()
+    await expect(page.locator("[data-model=hello] [data-versions]")).to_have_text("latest v2, prod v2")
+    await page.get_by_role("link", name="hello", exact=True).click()
 
     # Revoke the token; then terminate, typing the name.
     await page.get_by_role("button", name="Revoke token ci").click()

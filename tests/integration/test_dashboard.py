@@ -140,7 +140,7 @@ async def test_the_live_model_list_sends_each_model_api_then_its_changes(api: Ap
         assert stream.content_type == "text/event-stream"
         events = _events(stream)
         kind, shown = await anext(events)
-        assert (kind, shown["name"], shown["state"]) == ("model", "alpha", "building")
+        assert (kind, shown["name"], shown["state"], shown["labels"]) == ("model", "alpha", "building", {})
         beta = await _model(api, "beta")
         kind, shown = await anext(events)
         assert (kind, shown["name"]) == ("model", "beta")

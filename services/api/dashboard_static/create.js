@@ -6,7 +6,9 @@ import { field, h, showErrors } from "./ui.js";
 
 const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const TYPES = ["string", "integer", "number", "boolean", "object", "array"];
-const DEFAULTS = { period: 10, failure_threshold: 7, request_timeout: 60 };
+const DEFAULTS = { initial_delay: 0, period: 10, timeout: 5, failure_threshold: 7, request_timeout: 60 };
+const LABELS = { initial_delay: "Initial delay (s)", period: "Probe period (s)", timeout: "Probe timeout (s)",
+  failure_threshold: "Failure threshold", request_timeout: "Request timeout (s)" };
 // What the form holds between the form and its review page (this tab only; nothing is sent).
 let draft = null;
 
@@ -161,7 +163,7 @@ export async function render(view, ctx) {
       h("p", { class: "help" }, "The Domino endpoint (/model) calls a file's function; routes are paths of their own."),
       h("div", { class: "grid" }, field("Entry file", file), field("Entry function", fn)), routes, addRoute),
     h("section", { class: "panel" }, h("h2", {}, "Health and access"),
-      h("div", { class: "grid" }, ...health.map((k) => field(k.replace(/_/g, " "), healthInputs[k], { name: k }))), rule,
+      h("div", { class: "grid" }, ...health.map((k) => field(LABELS[k], healthInputs[k], { name: k }))), rule,
       h("div", { class: "grid" }, field("Routing mode", routing), field("Visibility", visibility),
         h("div", { class: "field" }, h("label", { for: "f-restricted" }, restricted, " Restricted: calls need an access token")))),
     general, h("button", { type: "submit", id: "review" }, "Review"));

@@ -9,6 +9,22 @@ import { readyCount } from "./models.js";
 const STOPPABLE = ["building", "waiting", "starting", "running"];
 const RESTARTABLE = ["starting", "running", "stopped"];
 
+function capital(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+// What an audit event changed, in a line: each field's before -> after (long values cut).
+function change(e) {
+  const cut = (v) => {
+    const text = JSON.stringify(v);
+    return text && text.length > 40 ? `${text.slice(0, 37)}...` : text;
+  };
+  if (e.action === "model.create") return "created";
+  const keys = Object.keys(e.after).length ? Object.keys(e.after) : Object.keys(e.fields);
+  return keys.map((k) => (k in e.after ? `${k}: ${cut(e.before[k])} -> ${cut(e.after[k])}` : `${k}: ${cut(e.fields[k])}`))
+    .join("; ");
+}
+
 function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "";
 }
@@ -166,7 +182,7 @@ async function settingsPanel(path, owner, act) {
   const form = h("form", { id: "settings-form" }, h("h2", {}, "Settings"),
     h("div", { class: "grid" },
       field("Request timeout (s)", num("request_timeout", now.request_timeout)),
-      ...Object.entries(now.health).map(([k, v]) => field(k.replace(/_/g, " "), num(k, v))),
+      ...Object.entries(now.health).map(([k, v]) => field(capital(k.replace(/_/g, " ")), num(k, v))),
       field("Access", choice("access", ["restricted", "unrestricted"], model.access)),
       field("Routing mode", choice("routing_mode", ["basic", "advanced"], model.routing_mode)),
       owner ? field("Visibility", choice("visibility", ["private", "public"], now.visibility)) : null),
@@ -263,5 +279,5 @@ async function historyPanel(model) {
       h("thead", {}, h("tr", {}, ...["When", "Who", "What", "Change"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, ...page.events.map((e) => h("tr", {}, h("td", {}, new Date(e.at * 1000).toLocaleString()),
         h("td", {}, e.actor), h("td", {}, e.action),
-        h("td", {}, Object.keys(e.after).length ? JSON.stringify(e.after) : JSON.stringify(e.fields))))))));
+        h("td", {}, change(e))))))));
 }

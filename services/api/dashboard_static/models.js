@@ -11,7 +11,8 @@ function row(m) {
   return h("tr", { "data-model": m.name },
     h("td", {}, h("a", { href: `#/m/${encodeURIComponent(m.name)}` }, m.name)),
     h("td", {}, stateBadge(m.state, m.reason)),
-    h("td", {}, m.latest ? `v${m.latest}` : "-", m.target && m.target !== m.latest ? ` (deploying v${m.target})` : ""),
+    h("td", { "data-versions": "" }, m.latest ? `latest v${m.latest}` : "-", m.labels.prod ? `, prod v${m.labels.prod}` : "",
+      m.target && m.target !== m.latest ? ` (deploying v${m.target})` : ""),
     h("td", { "data-instances": "" }, `${readyCount(m)} / ${m.instances}`),
     h("td", {}, gpu),
     h("td", { "data-place": "" }, m.state === "waiting" && m.queue_position ? `#${m.queue_position} in line` : ""),
@@ -25,7 +26,7 @@ export async function render(view, ctx) {
   const body = h("tbody", {});
   const empty = h("p", { id: "no-models" }, "No model APIs yet.");
   const table = h("div", { class: "table-wrap" }, h("table", { "aria-label": "Model APIs" },
-    h("thead", {}, h("tr", {}, ...["Name", "State", "Version", "Ready / asked", "GPUs", "Place in line"].map(
+    h("thead", {}, h("tr", {}, ...["Name", "State", "Versions", "Ready / asked", "GPUs", "Place in line"].map(
       (t) => h("th", { scope: "col" }, t)),
       h("th", { scope: "col", class: "hide-narrow" }, "Owner"), h("th", { scope: "col", class: "hide-narrow" }, "Visibility"))),
     body));
