@@ -27,9 +27,6 @@ PASSWORD = "correct horse battery staple"
 # A page waits on the platform (builds, the log folder): more than Playwright's 5 s default.
 expect.set_options(timeout=20_000)
 
-if not CHROMIUM.exists():
-    pytest.skip("no /usr/bin/chromium: `make test` installs it (apt-get install chromium)", allow_module_level=True)
-
 
 @dataclass
 class Admin:
@@ -69,6 +66,7 @@ class Admin:
 
 @pytest.fixture
 async def platform(settings: Any) -> AsyncIterator[Platform]:
+    """The whole platform, as the e2e tests start it."""
     async with running_platform(settings) as running:
         yield running
 
@@ -85,6 +83,10 @@ Browsers = Callable[[str], Awaitable[BrowserContext]]
 @pytest.fixture
 async def browsers(tmp_path: Path) -> AsyncIterator[Browsers]:
     """Opens a browser of its own (a fresh user-data-dir) per user, at 1280 px; all closed at the end."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: `make test` installs it (apt-get install chromium)")
+    # Uncaught errors of the pages' scripts: a test with any fails, naming them.
+    errors: list[str] = []
     async with async_playwright() as p, contextlib.AsyncExitStack() as stack:
 
         async def new(who: str) -> BrowserContext:
@@ -96,9 +98,11 @@ async def browsers(tmp_path: Path) -> AsyncIterator[Browsers]:
                 viewport={"width": 1280, "height": 900},
             )
             stack.push_async_callback(opened.close)
+            opened.on("weberror", lambda error: errors.append(f"{who}: {error.error}"))
             return opened
 
         yield new
+    assert not errors, f"the dashboard's scripts failed: {errors}"
 
 
 async def shot(page: Page, name: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -41,12 +42,16 @@ async def _sign_in(page: Page, platform: Platform, name: str) -> None:
     await expect(page.locator("#whoami")).to_have_text(f"Signed in as {name}")
 
 
-async def _create(page: Page, name: str, *, gpus: int = 0, advanced: bool = False) -> None:
-    """Through the form to its review page (not confirmed yet)."""
+async def _create(page: Page, name: str, *, gpus: int = 0, advanced: bool = False, folder: Path | None = None) -> None:
+    """Through the form to its review page (not confirmed yet), from the source `hello` or a folder."""
     await page.get_by_role("link", name="New model API").first.click()
     await page.get_by_label("Name", exact=True).fill(name)
-    await page.get_by_label("A registered source").check()
-    await page.get_by_label("Registered source", exact=True).select_option("hello")
+    if folder is None:
+        await page.get_by_label("A registered source").check()
+        await page.get_by_label("Registered source", exact=True).select_option("hello")
+    else:
+        await page.get_by_label("Upload a folder").check()
+        await page.get_by_label("Folder", exact=True).set_input_files(folder)
     if gpus:
         await page.get_by_label("GPUs per instance").select_option(str(gpus))
         await page.locator("[data-gpu=a100] input").check()
@@ -80,7 +85,7 @@ async def _call(platform: Platform, name: str, token: str, n: int) -> dict[str, 
 
 
 async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_dashboard(
-    platform: Platform, admin: Admin, browsers: Browsers
+    browsers: Browsers, platform: Platform, admin: Admin
 ) -> None:
     ada = await admin.user("ada")
     await admin.source("hello", CODE, ada)
@@ -142,6 +147,11 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
     await expect(page.locator("#tester-status")).to_contain_text("200 in")
     await expect(page.locator("#tester-body-out")).to_contain_text('"n": 7')
     await shot(page, "06-tester")
+    await expect(page.locator("#history")).to_have_count(0)  # nothing of the page left before
+    await page.get_by_label("Body (JSON)").fill(json.dumps({"nothing": 1}))
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#tester-status")).to_have_attribute("data-status", "400")
+    await expect(page.locator("#tester-meaning")).to_contain_text("Bad request")
     await page.get_by_label("Body (JSON)").fill(json.dumps({"data": {"m": 1}}))
     await page.get_by_label("Token", exact=True).select_option("none")
     await page.get_by_role("button", name="Send").click()
@@ -195,7 +205,7 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
 
 
 async def test_a_waiting_model_api_shows_its_place_in_line_and_a_viewer_sees_no_management(
-    platform: Platform, admin: Admin, browsers: Browsers
+    browsers: Browsers, platform: Platform, admin: Admin, tmp_path: Path
 ) -> None:
     ada = await admin.user("ada")
     bob = await admin.user("bob")
@@ -207,7 +217,12 @@ async def test_a_waiting_model_api_shows_its_place_in_line_and_a_viewer_sees_no_
     await _sign_in(page, platform, "ada")
     await expect(page.locator("[data-model=holder] [data-state]")).to_have_text("running", timeout=START)
 
-    await _create(page, "second", gpus=2)
+    # From a folder, packed in the browser: it builds, then waits.
+    code = tmp_path / "code"
+    (code / "lib").mkdir(parents=True)
+    (code / "predict.py").write_text("from lib.helper import VALUE\n\n\ndef predict():\n    return VALUE\n")
+    (code / "lib" / "helper.py").write_text("VALUE = 42\n")
+    await _create(page, "second", gpus=2, folder=code)
     await expect(page.locator("#plan")).to_have_attribute("data-decision", "wait")
     await expect(page.locator("#plan")).to_contain_text("2 of 2 a100 GPUs are in use")
     await expect(page.locator("#plan")).to_contain_text("place in line: 1")
@@ -239,4 +254,5 @@ async def test_a_waiting_model_api_shows_its_place_in_line_and_a_viewer_sees_no_
     for control in ("#stop", "#restart", "#terminate", "#deploy-form", "#settings-form", "#tokens", "#share-form"):
         await expect(viewer.locator(control)).to_have_count(0)
     await expect(viewer.get_by_role("button", name=re.compile("Promote"))).to_have_count(0)
+    await expect(viewer.locator("#view")).not_to_contain_text("null")
     await shot(viewer, "12-viewer-detail")

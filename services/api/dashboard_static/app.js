@@ -1,6 +1,6 @@
 // The dashboard's router: a hash route per page, each page a module with `render(view, ctx)`.
 import { api, ApiError, signOut } from "./api.js";
-import { h } from "./ui.js";
+import { add, fill, h } from "./ui.js";
 import * as signin from "./signin.js";
 import * as models from "./models.js";
 import * as create from "./create.js";
@@ -33,7 +33,7 @@ async function whoAmI() {
 
 function showMe() {
   const box = document.getElementById("me");
-  box.replaceChildren();
+  fill(box);
   document.getElementById("nav").hidden = !state.me;
   if (!state.me) return;
   const out = h("button", { type: "button", class: "secondary", id: "sign-out" }, "Sign out");
@@ -43,7 +43,7 @@ function showMe() {
     showMe();
     location.hash = "#/signin";
   });
-  box.append(h("span", { id: "whoami" }, `Signed in as ${state.me.name}${state.me.admin ? " (admin)" : ""}`), out);
+  add(box, h("span", { id: "whoami" }, `Signed in as ${state.me.name}${state.me.admin ? " (admin)" : ""}`), out);
 }
 
 async function route() {
@@ -62,7 +62,10 @@ async function route() {
   for (const [pattern, module] of ROUTES) {
     const match = hash.match(pattern);
     if (!match) continue;
-    view.replaceChildren();
+    // Each page draws into a box of its own: a page left while it still loads writes only into
+    // its box, which is no longer on the screen.
+    const box = h("div", {});
+    fill(view, box);
     const ctx = {
       me: state.me,
       signal: page.signal,
@@ -73,7 +76,7 @@ async function route() {
       },
     };
     try {
-      await module.render(view, ctx);
+      await module.render(box, ctx);
     } catch (err) {
       if (page.signal.aborted) return;
       if (err instanceof ApiError && err.status === 401) {
@@ -82,11 +85,11 @@ async function route() {
         location.hash = "#/signin";
         return;
       }
-      view.append(h("p", { class: "error", role: "alert" }, err.message || String(err)));
+      add(box, h("p", { class: "error", role: "alert" }, err.message || String(err)));
     }
     return;
   }
-  view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/models" }, "Back to the model APIs")));
+  fill(view, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/models" }, "Back to the model APIs")));
 }
 
 window.addEventListener("hashchange", route);

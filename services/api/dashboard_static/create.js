@@ -2,7 +2,7 @@
 // created: the model API is made only by Confirm.
 import { api, ApiError } from "./api.js";
 import { folderTarball } from "./tarball.js";
-import { field, h, showErrors } from "./ui.js";
+import { add, field, fill, h, showErrors } from "./ui.js";
 
 const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const TYPES = ["string", "integer", "number", "boolean", "object", "array"];
@@ -77,7 +77,7 @@ export async function render(view, ctx) {
       const why = n > most ? `needs ${n} on one node; its nodes have at most ${most}` : null;
       list.push(card(type, type, [`${t.free} free / ${t.total} total`, t.waiting ? `${t.waiting} waiting` : ""], why));
     }
-    cards.replaceChildren(...list);
+    fill(cards, ...list);
     if (!cards.querySelector("input:checked")) cards.querySelector("input").checked = true;
   };
   count.addEventListener("change", drawCards);
@@ -94,7 +94,7 @@ export async function render(view, ctx) {
   const routes = h("div", { id: "routes" });
   const routeList = d.routes ? structuredClone(d.routes) : [];
   const drawRoutes = () => {
-    routes.replaceChildren(...routeList.map((r, i) => {
+    fill(routes, ...routeList.map((r, i) => {
       const at = `routes[${i}]`;
       const bind = (el, key, get = (e) => e.value) => {
         el.addEventListener("input", () => { r[key] = get(el); });
@@ -151,7 +151,7 @@ export async function render(view, ctx) {
   const restricted = h("input", { type: "checkbox", name: "restricted", id: "f-restricted", checked: d.restricted !== false });
 
   const general = h("p", { class: "error", role: "alert", id: "create-error" });
-  form.append(
+  add(form, 
     h("section", { class: "panel" }, h("h2", {}, "Name and source"),
       field("Name", name, { help: "lower-case letters, digits and -" }), kindPick, ...Object.values(sourceFields)),
     h("section", { class: "panel" }, h("h2", {}, "Compute"),
@@ -167,7 +167,7 @@ export async function render(view, ctx) {
       h("div", { class: "grid" }, field("Routing mode", routing), field("Visibility", visibility),
         h("div", { class: "field" }, h("label", { for: "f-restricted" }, restricted, " Restricted: calls need an access token")))),
     general, h("button", { type: "submit", id: "review" }, "Review"));
-  view.append(h("h1", {}, "New model API"), form);
+  add(view, h("h1", {}, "New model API"), form);
   showSource();
   drawCards();
   drawRoutes();
@@ -288,7 +288,7 @@ async function review(view, ctx) {
       location.hash = "#/new";
     }
   });
-  view.append(h("h1", {}, `Review ${spec.name}`),
+  add(view, h("h1", {}, `Review ${spec.name}`),
     h("section", { class: "panel" }, h("h2", {}, "Placement"),
       h("p", { id: "plan", "data-decision": plan.decision, class: plan.decision === "impossible" ? "error" : "notice" },
         planText(plan, gpus)), plan.simulated ? h("p", { class: "help" }, "GPUs are simulated on this platform.") : null),

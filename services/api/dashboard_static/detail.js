@@ -3,7 +3,7 @@
 import { api, ApiError, follow } from "./api.js";
 import { keepToken, may, roleOn } from "./roles.js";
 import { snippets } from "./snippets.js";
-import { copyButton, field, h, showErrors, stateBadge } from "./ui.js";
+import { add, copyButton, field, fill, h, showErrors, stateBadge } from "./ui.js";
 import { readyCount } from "./models.js";
 
 const STOPPABLE = ["building", "waiting", "starting", "running"];
@@ -58,7 +58,7 @@ export async function render(view, ctx) {
   const versions = h("section", { class: "panel", id: "versions" });
   const connect = h("section", { class: "panel", id: "connect" });
   const drawHead = () => {
-    head.replaceChildren(h("h1", {}, model.name), h("p", { id: "model-state" }, stateBadge(model.state, model.reason),
+    fill(head, h("h1", {}, model.name), h("p", { id: "model-state" }, stateBadge(model.state, model.reason),
       model.state === "waiting" && model.queue_position ? h("span", { id: "model-place" }, ` #${model.queue_position} in line`) : ""),
       h("p", {}, `${readyCount(model)} / ${model.instances} instances ready; ` +
         `${model.gpu_count ? `${model.gpu_type} x ${model.gpu_count}` : "CPU"}; owner ${model.owner}; ${model.visibility};` +
@@ -73,7 +73,7 @@ export async function render(view, ctx) {
         onclick: act(async () => { await api("POST", `${path}/restart`); say.textContent = "Restarting."; }) }, "Restart"));
     }
     if (owner) buttons.push(h("button", { type: "button", id: "terminate", class: "danger", onclick: terminate }, "Terminate"));
-    controls.replaceChildren(...links, ...buttons);
+    fill(controls, ...links, ...buttons);
   };
 
   const terminate = () => {
@@ -94,7 +94,7 @@ export async function render(view, ctx) {
   let labels = [];
   const drawVersions = () => {
     const prod = labels.find((l) => l.label === "prod")?.version;
-    versions.replaceChildren(h("h2", {}, "Versions"), h("div", { class: "table-wrap" }, h("table", { "aria-label": "Versions" },
+    fill(versions, h("h2", {}, "Versions"), h("div", { class: "table-wrap" }, h("table", { "aria-label": "Versions" },
       h("thead", {}, h("tr", {}, ...["#", "State", "Source", "Created", "Labels", ""].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, ...model.versions.map((v) => h("tr", { "data-version": v.number },
         h("td", {}, `v${v.number}`), h("td", {}, stateBadge(v.state, v.reason)), h("td", {}, sourceOf(v)),
@@ -143,20 +143,20 @@ export async function render(view, ctx) {
 
   const drawConnect = () => {
     const latest = model.versions.find((v) => v.number === model.latest) || model.versions[0];
-    connect.replaceChildren(h("h2", {}, "Connect"), h("p", {}, "Gateway URL: ", h("code", { id: "gateway-url" }, model.url)),
+    fill(connect, h("h2", {}, "Connect"), h("p", {}, "Gateway URL: ", h("code", { id: "gateway-url" }, model.url)),
       model.access === "restricted" ? h("p", { class: "help" }, "Replace $PIER_TOKEN with one of its access tokens.") : null,
       ...snippets(model, latest?.entrypoint).map(([title, text]) => h("div", {}, h("h3", {}, title),
         h("pre", {}, text), copyButton(text, `Copy: ${title}`))));
   };
 
-  view.append(head, controls, say, fail, versions, connect);
+  add(view, head, controls, say, fail, versions, connect);
   drawHead();
   if (may(role, "viewer")) labels = await api("GET", `${path}/labels`);
   drawVersions();
   drawConnect();
-  if (editor) view.append(await settingsPanel(path, owner, act), await tokensPanel(path, model, owner, act, say));
-  view.append(await collaboratorsPanel(path, owner, act), await usagePanel(path));
-  if (editor) view.append(await historyPanel(model));
+  if (editor) add(view, await settingsPanel(path, model, owner, act), await tokensPanel(path, model, owner, act, say));
+  add(view, await collaboratorsPanel(path, owner, act), await usagePanel(path));
+  if (editor) add(view, await historyPanel(model));
 
   // Live: each change of this model API redraws its state, versions and controls.
   follow("/v1/models?follow=true", (kind, data) => {
@@ -171,9 +171,8 @@ export async function render(view, ctx) {
   }, ctx.signal).catch(() => {});
 }
 
-async function settingsPanel(path, owner, act) {
+async function settingsPanel(path, model, owner, act) {
   const now = await api("GET", `${path}/settings`);
-  const model = await api("GET", path);
   const inputs = {};
   const num = (k, value) => (inputs[k] = h("input", { type: "number", step: "any", name: k, id: `s-${k}`, value }));
   const choice = (k, options, value) => (inputs[k] = h("select", { name: k, id: `s-${k}` },
@@ -221,11 +220,11 @@ async function tokensPanel(path, model, owner, act, say) {
       const made = await api("POST", `${path}/tokens`, { name: name.value.trim() });
       keepToken(model.id, made.name, made.token);
       await draw();
-      section.querySelector("#token-secret").replaceChildren(h("div", { class: "secret", role: "status" },
+      fill(section.querySelector("#token-secret"), h("div", { class: "secret", role: "status" },
         h("p", {}, `Token ${made.name}: copy it now, it is not shown again.`), h("code", { id: "new-token" }, made.token), " ",
         copyButton(made.token, "Copy the token")));
     }));
-    section.replaceChildren(h("h2", {}, "Access tokens"), h("div", { class: "table-wrap" }, h("table", { "aria-label": "Access tokens" },
+    fill(section, h("h2", {}, "Access tokens"), h("div", { class: "table-wrap" }, h("table", { "aria-label": "Access tokens" },
       h("thead", {}, h("tr", {}, ...["Name", "Created", "Last used", "State", ""].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, ...tokens.map((t) => h("tr", { "data-token": t.name },
         h("td", {}, t.name), h("td", {}, `${when(t.created)} by ${t.creator}`), h("td", {}, when(t.last_used) || "never"),
@@ -258,7 +257,7 @@ async function collaboratorsPanel(path, owner, act) {
         await draw();
       }));
     }
-    section.replaceChildren(h("h2", {}, "Collaborators"), list.length ? h("table", { "aria-label": "Collaborators" },
+    fill(section, h("h2", {}, "Collaborators"), list.length ? h("table", { "aria-label": "Collaborators" },
       h("tbody", {}, ...rows)) : h("p", {}, "Not shared."), form);
   };
   await draw();

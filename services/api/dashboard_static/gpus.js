@@ -1,21 +1,21 @@
 // GPUs per type: total / free / asked / waiting (GET /v1/gpus), and the model APIs waiting in line.
 import { api, ApiError } from "./api.js";
-import { h, stateBadge } from "./ui.js";
+import { add, h, stateBadge } from "./ui.js";
 
 export async function render(view) {
-  view.append(h("h1", {}, "GPUs"));
+  add(view, h("h1", {}, "GPUs"));
   let gpus;
   try {
     gpus = await api("GET", "/v1/gpus");
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 503) throw err;
-    view.append(h("p", { class: "notice" }, err.message));
+    add(view, h("p", { class: "notice" }, err.message));
     return;
   }
   const models = await api("GET", "/v1/models");
   const waiting = models.filter((m) => m.state === "waiting").sort((a, b) =>
     (a.gpu_type || "").localeCompare(b.gpu_type || "") || (a.queue_position || 0) - (b.queue_position || 0));
-  view.append(
+  add(view, 
     gpus.simulated ? h("p", { class: "help" }, "Simulated GPUs (PIER_GPUS).") : null,
     h("div", { class: "table-wrap" }, h("table", { "aria-label": "GPU types", id: "gpu-table" },
       h("thead", {}, h("tr", {}, ...["Type", "Total", "Free", "Asked", "Waiting", "Nodes"].map((t) => h("th", { scope: "col" }, t)))),

@@ -1,7 +1,7 @@
 // Build, instance and deployment logs: newest on top, new lines added at the top as they are written
 // (follow=true), older lines loaded on scrolling down (the `before` cursor), filtered by version and instance.
 import { api, follow } from "./api.js";
-import { field, h } from "./ui.js";
+import { add, field, fill, h } from "./ui.js";
 
 const KINDS = [["build", "Build"], ["instance", "Instance"], ["deployment", "Deployment"]];
 
@@ -36,7 +36,7 @@ export async function render(view, ctx) {
     if (older === null || loading) return;
     loading = true;
     const page = await api("GET", query({ before: String(older) }));
-    box.append(...page.lines.map(line));
+    add(box, ...page.lines.map(line));
     older = page.next_before;
     loading = false;
   };
@@ -46,7 +46,7 @@ export async function render(view, ctx) {
     ctx.signal.addEventListener("abort", () => stream.abort());
     for (const tab of tabs.children) tab.setAttribute("aria-selected", String(tab.dataset.kind === kind));
     const page = await api("GET", query({}));
-    box.replaceChildren(...page.lines.map(line));
+    fill(box, ...page.lines.map(line));
     older = page.next_before;
     const newest = page.lines.length ? page.lines[0].seq : 0;
     follow(query({ follow: "true", after: String(newest) }), (_, l) => {
@@ -56,14 +56,14 @@ export async function render(view, ctx) {
   for (const [value, text] of KINDS) {
     const tab = h("button", { type: "button", role: "tab", "data-kind": value, id: `tab-${value}` }, text);
     tab.addEventListener("click", () => { kind = value; load(); });
-    tabs.append(tab);
+    add(tabs, tab);
   }
   box.addEventListener("scroll", () => {
     if (box.scrollTop + box.clientHeight >= box.scrollHeight - 40) more();
   });
   version.addEventListener("change", load);
   instance.addEventListener("change", load);
-  view.append(h("h1", {}, `Logs of ${model.name}`), h("p", {}, h("a", { href: `#/m/${encodeURIComponent(model.name)}` }, "Back")),
+  add(view, h("h1", {}, `Logs of ${model.name}`), h("p", {}, h("a", { href: `#/m/${encodeURIComponent(model.name)}` }, "Back")),
     tabs, h("div", { class: "actions" }, field("Version", version), field("Instance", instance)),
     box, h("button", { type: "button", class: "secondary", id: "older", onclick: more }, "Older lines"));
   await load();

@@ -1,6 +1,6 @@
 // The model APIs the user may see, live: GET /v1/models?follow=true sends each one, then every change.
 import { follow } from "./api.js";
-import { h, stateBadge } from "./ui.js";
+import { add, fill, h, stateBadge } from "./ui.js";
 
 export function readyCount(model) {
   return model.running_instances.filter((i) => i.state === "ready").length;
@@ -31,10 +31,10 @@ export async function render(view, ctx) {
       h("th", { scope: "col", class: "hide-narrow" }, "Owner"), h("th", { scope: "col", class: "hide-narrow" }, "Visibility"))),
     body));
   const live = h("p", { class: "help", "aria-live": "polite", id: "live" }, "Connecting...");
-  view.append(h("div", { class: "actions" }, h("h1", {}, "Model APIs"),
+  add(view, h("div", { class: "actions" }, h("h1", {}, "Model APIs"),
     h("a", { class: "button", href: "#/new", id: "create" }, "New model API")), live, empty, table);
   const draw = () => {
-    body.replaceChildren(...[...shown.values()].sort((a, b) => a.name.localeCompare(b.name)).map(row));
+    fill(body, ...[...shown.values()].sort((a, b) => a.name.localeCompare(b.name)).map(row));
     empty.hidden = shown.size > 0;
   };
   draw();

@@ -1,6 +1,6 @@
 // Sign in with a name and password (a session cookie), or with an API key kept in this tab only.
 import { signIn, useKey } from "./api.js";
-import { field, h } from "./ui.js";
+import { add, field, h } from "./ui.js";
 
 export async function render(view, ctx) {
   const name = h("input", { name: "name", autocomplete: "username", required: true });
@@ -33,7 +33,7 @@ export async function render(view, ctx) {
       keyProblem.textContent = err.message;
     }
   });
-  view.append(
+  add(view, 
     h("h1", { id: "signin-title" }, "Sign in to Pier"),
     h("section", { class: "panel" }, form),
     h("h2", { id: "key-title" }, "Or paste an API key"),

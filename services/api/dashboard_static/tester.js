@@ -4,7 +4,7 @@
 import { api, ApiError, signedInByKey } from "./api.js";
 import { keptTokens } from "./roles.js";
 import { routeBody } from "./snippets.js";
-import { field, h } from "./ui.js";
+import { add, field, fill, h } from "./ui.js";
 
 export async function render(view, ctx) {
   const ref = ctx.params[0];
@@ -31,13 +31,13 @@ export async function render(view, ctx) {
     key ? h("option", { value: "key" }, "my API key") : null, h("option", { value: "paste" }, "paste a token"));
   const pasted = h("input", { id: "tester-pasted", type: "password", autocomplete: "off", name: "pasted" });
   const pastedField = field("Pasted token", pasted);
-  const fill = () => {
+  const prefill = () => {
     const t = targets[Number(target.value)];
     body.value = t.body === null ? "" : JSON.stringify(t.body, null, 2);
   };
   const showPasted = () => { pastedField.hidden = token.value !== "paste"; };
   if (tokens.length) token.value = `kept:${tokens[tokens.length - 1].name}`;
-  target.addEventListener("change", fill);
+  target.addEventListener("change", prefill);
   token.addEventListener("change", showPasted);
   const result = h("section", { class: "panel", id: "tester-result", "aria-live": "polite" });
   const problem = h("p", { class: "error", role: "alert", "data-error-for": "body" });
@@ -61,15 +61,15 @@ export async function render(view, ctx) {
     try {
       const answer = await api("POST", `/v1/models/${encodeURIComponent(model.name)}/try`, {
         path: t.path, method: t.method, label: label.value, body: t.method === "GET" ? null : parsed, token: secret || null });
-      result.replaceChildren(...shown(answer));
+      fill(result, ...shown(answer));
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
       problem.textContent = err.message;
     }
   });
-  view.append(h("h1", {}, `Test ${model.name}`), h("p", {}, h("a", { href: `#/m/${encodeURIComponent(model.name)}` }, "Back")),
+  add(view, h("h1", {}, `Test ${model.name}`), h("p", {}, h("a", { href: `#/m/${encodeURIComponent(model.name)}` }, "Back")),
     h("section", { class: "panel" }, form), result);
-  fill();
+  prefill();
   showPasted();
 }
 

@@ -14,6 +14,18 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// el's children become `children`; null, undefined and false are left out (DOM methods would write "null").
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
+export function add(el, ...children) {
+  append(el, children);
+  return el;
+}
+
 function append(el, children) {
   for (const child of children.flat()) {
     if (child === undefined || child === null || child === false) continue;
