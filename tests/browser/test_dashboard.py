@@ -34,11 +34,15 @@ def settings(settings: Settings) -> Settings:
 
 
 async def _sign_in(page: Page, platform: Platform, name: str) -> None:
+    """With the keyboard alone: the name field has the focus, Tab goes to the password, Enter signs in."""
     await page.goto(platform.settings.api_url + "/")
     await expect(page.get_by_role("heading", name="Sign in to Pier")).to_be_visible()
-    await page.get_by_label("Name").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in", exact=True).click()
+    await expect(page.get_by_label("Name")).to_be_focused()
+    await page.keyboard.type(name)
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Password")).to_be_focused()
+    await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Enter")
     await expect(page.locator("#whoami")).to_have_text(f"Signed in as {name}")
 
 
@@ -114,6 +118,14 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
     await shot(page, "03-create-form")
     await page.get_by_role("button", name="Review").click()
     await expect(page.locator("[data-error-for=name]")).to_contain_text("lower-case letters")
+    # An error of the plan's (the api's) is shown next to its field too.
+    await page.get_by_label("Name", exact=True).fill("hello")
+    await page.get_by_label("Entry file").fill("predict.py")
+    await page.get_by_label("Entry function").fill("predict")
+    await page.get_by_label("Quota").fill("huge")
+    await page.get_by_role("button", name="Review").click()
+    await expect(page.locator("[data-error-for=quota]")).to_contain_text("no quota named 'huge'")
+    await page.get_by_label("Quota").fill("")
 
     await _create(page, "hello", advanced=True)
     await expect(page.locator("#plan")).to_contain_text("It will start now")
