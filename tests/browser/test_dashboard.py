@@ -93,7 +93,8 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
 ) -> None:
     ada = await admin.user("ada")
     await admin.source("hello", CODE, ada)
-    page = await (await browsers("ada")).new_page()
+    ada_browser = await browsers("ada")
+    page = await ada_browser.new_page()
 
     await page.goto(platform.settings.api_url + "/")
     await expect(page.get_by_role("heading", name="Sign in to Pier")).to_be_visible()
@@ -183,7 +184,9 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
     await expect(page.locator("#log div").first).to_be_visible()
     await shot(page, "07-logs")
 
-    # Version 2 from the same source, promoted to prod once it serves.
+    # Version 2 from the same source, promoted to prod once it serves: in another tab of the same
+    # session, which makes changes as well as the first.
+    page = await ada_browser.new_page()
     await page.goto(platform.settings.api_url + "/#/m/hello")
     await page.get_by_label("Source name or git URL").fill("hello")
     await page.get_by_role("button", name="Deploy", exact=True).click()

@@ -1,5 +1,6 @@
 // Every read and write of the dashboard goes through here, to the public /v1 API of the same origin.
-// Signed in by password: the session cookie (sent by the browser) and, on changes, the CSRF token.
+// Signed in by password: the session cookie (sent by the browser) and, on changes, the CSRF token
+// (kept in localStorage, which only this origin can read, so that every tab of the session has it).
 // Signed in by pasting an API key: the key, kept in this tab's sessionStorage, as a Bearer token.
 const KEY = "pier.key";
 const CSRF = "pier.csrf";
@@ -26,7 +27,7 @@ function headers(method, json) {
   if (json) out["Content-Type"] = "application/json";
   const key = sessionStorage.getItem(KEY);
   if (key) out.Authorization = `Bearer ${key}`;
-  else if (method !== "GET" && sessionStorage.getItem(CSRF)) out["X-CSRF-Token"] = sessionStorage.getItem(CSRF);
+  else if (method !== "GET" && localStorage.getItem(CSRF)) out["X-CSRF-Token"] = localStorage.getItem(CSRF);
   return out;
 }
 
@@ -47,7 +48,7 @@ export async function api(method, path, body, raw) {
 export async function signIn(name, password) {
   sessionStorage.removeItem(KEY);
   const session = await api("POST", "/v1/session", { name, password });
-  sessionStorage.setItem(CSRF, session.csrf_token);
+  localStorage.setItem(CSRF, session.csrf_token);
   return session;
 }
 
@@ -74,7 +75,7 @@ export async function signOut() {
     }
   }
   sessionStorage.removeItem(KEY);
-  sessionStorage.removeItem(CSRF);
+  localStorage.removeItem(CSRF);
 }
 
 // Server-sent events read with fetch (an EventSource cannot send the Authorization header).
