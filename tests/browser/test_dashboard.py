@@ -46,8 +46,11 @@ async def _sign_in(page: Page, platform: Platform, name: str) -> None:
     await expect(page.locator("#whoami")).to_have_text(f"Signed in as {name}")
 
 
-async def _create(page: Page, name: str, *, gpus: int = 0, advanced: bool = False, folder: Path | None = None) -> None:
-    """Through the form to its review page (not confirmed yet), from the source `hello` or a folder."""
+async def _create(
+    page: Page, name: str, *, gpus: int = 0, advanced: bool = False, folder: Path | None = None, routes: int = 0
+) -> None:
+    """Through the form to its review page (not confirmed yet), from the source `hello` or a folder;
+    `routes` routes /r0, /r1, ... are added, and the last is moved to the top."""
     await page.get_by_role("link", name="New model API").first.click()
     await page.get_by_label("Name", exact=True).fill(name)
     if folder is None:
@@ -62,6 +65,14 @@ async def _create(page: Page, name: str, *, gpus: int = 0, advanced: bool = Fals
     await page.get_by_label("Instances").fill("1")
     await page.get_by_label("Entry file").fill("predict.py")
     await page.get_by_label("Entry function").fill("predict")
+    for n in range(routes):
+        await page.get_by_role("button", name="Add a route").click()
+        row = page.locator(f"[data-route='{n}']")
+        await row.get_by_label("Path").fill(f"/r{n}")
+        await row.get_by_label("File").fill("predict.py")
+        await row.get_by_label("Function").fill("predict")
+    if routes > 1:
+        await page.get_by_role("button", name=f"Move route {routes} up").click()
     if advanced:
         await page.get_by_label("Routing mode").select_option("advanced")
     await page.get_by_role("button", name="Review").click()
@@ -237,12 +248,16 @@ async def test_a_waiting_model_api_shows_its_place_in_line_and_a_viewer_sees_no_
     (code / "lib").mkdir(parents=True)
     (code / "predict.py").write_text("from lib.helper import VALUE\n\n\ndef predict():\n    return VALUE\n")
     (code / "lib" / "helper.py").write_text("VALUE = 42\n")
-    await _create(page, "second", gpus=2, folder=code)
+    await _create(page, "second", gpus=2, folder=code, routes=2)
+    await expect(page.locator("#spec")).to_contain_text('"path":"/r1"')
+    spec = await page.locator("#spec").inner_text()
+    assert spec.index('"/r1"') < spec.index('"/r0"'), spec
     await expect(page.locator("#plan")).to_have_attribute("data-decision", "wait")
     await expect(page.locator("#plan")).to_contain_text("2 of 2 a100 GPUs are in use")
     await expect(page.locator("#plan")).to_contain_text("place in line: 1")
     await page.get_by_role("button", name="Confirm").click()
     await expect(page.locator("#model-place")).to_have_text(" #1 in line", timeout=START)
+    await expect(page.locator("#connect")).to_contain_text("POST /r1")
     await page.get_by_role("link", name="Model APIs", exact=True).click()
     await expect(page.locator("[data-model=second] [data-place]")).to_have_text("#1 in line")
     await expect(page.locator("[data-model=second] [data-state]")).to_have_text("waiting")
