@@ -191,6 +191,21 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
     order = "box => ['call 8', 'call 7'].map(t => [...box.children].findIndex(d => d.textContent.includes(t)))"
     newer, older = await page.locator("#log").evaluate(order)
     assert newer < older, "the new line is not above the older ones"
+    # More lines than a page (100): the newest page on opening, older ones on scrolling down.
+    for n in range(100, 220):
+        await _call(platform, "hello", secret, n)
+    await expect(lines.filter(has_text="call 219")).to_have_count(1)
+    await page.reload()
+    await page.get_by_role("tab", name="Instance").click()
+    await expect(lines.filter(has_text="call 219")).to_have_count(1)
+    await expect(lines.filter(has_text="call 7")).to_have_count(0)
+    for _ in range(10):  # each scroll to the bottom loads the next older page
+        if await lines.filter(has_text="call 7").count():
+            break
+        shown = await lines.count()
+        await page.locator("#log").evaluate("box => { box.scrollTop = box.scrollHeight }")
+        await expect(lines).not_to_have_count(shown)
+    await expect(lines.filter(has_text="call 7")).to_have_count(1)
     await page.get_by_role("tab", name="Deployment").click()
     await expect(page.locator("#log div").first).to_be_visible()
     await shot(page, "07-logs")

@@ -3,6 +3,7 @@
 import { api, follow } from "./api.js";
 import { add, field, fill, h } from "./ui.js";
 
+const PAGE = 100; // lines per read: the newest on opening, then each older page on scrolling
 const KINDS = [["build", "Build"], ["instance", "Instance"], ["deployment", "Deployment"]];
 
 function line(l) {
@@ -27,7 +28,7 @@ export async function render(view, ctx) {
   let loading = false;
 
   const query = (extra) => {
-    const q = new URLSearchParams({ kind, limit: "200", ...extra });
+    const q = new URLSearchParams({ kind, limit: String(PAGE), ...extra });
     if (version.value) q.set("version", version.value);
     if (instance.value) q.set("instance", instance.value);
     return `${base}?${q}`;
