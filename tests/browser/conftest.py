@@ -105,7 +105,16 @@ async def browsers(tmp_path: Path) -> AsyncIterator[Browsers]:
     assert not errors, f"the dashboard's scripts failed: {errors}"
 
 
+# Controls a screen reader could not name: no <label>, no aria-label, no text of their own.
+UNNAMED = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+  .map(e => e.outerHTML.slice(0, 160))"""
+
+
 async def shot(page: Page, name: str) -> None:
-    """The page as the user sees it now, kept under tests/browser/artifacts/ (ignored by git)."""
+    """The page as the user sees it now, kept under tests/browser/artifacts/ (ignored by git); and
+    every control on it has a label."""
+    unnamed = await page.evaluate(UNNAMED)
+    assert not unnamed, f"controls without a label on {name}: {unnamed}"
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
