@@ -66,6 +66,9 @@ async function route() {
     // its box, which is no longer on the screen.
     const box = h("div", {});
     fill(view, box);
+    // Keyboard and screen reader users start on the new page, not on the link they followed
+    // (a page with a first field to fill focuses it instead).
+    view.focus();
     const ctx = {
       me: state.me,
       signal: page.signal,
