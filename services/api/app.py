@@ -9,6 +9,7 @@ from services.api import (
     auth,
     collaborators,
     control,
+    dashboard,
     environments,
     gpus,
     handlers,
@@ -23,6 +24,7 @@ from services.api import (
     settings,
     sources,
     sse,
+    tester,
     tokens,
     tracing,
     users,
@@ -50,6 +52,8 @@ ROUTE_MODULES = [
     orgs,
     collaborators,
     sessions,
+    tester,
+    dashboard,
 ]
 
 

@@ -72,6 +72,7 @@ ACTIONS: dict[tuple[str, str], Action | None] = {
     ("POST", "/v1/sources"): Action("source.upload", ("name",), ("digest", "size")),
     ("POST", "/v1/git-credentials"): Action("credential.create", ("name", "username")),
     ("POST", "/v1/plan"): None,  # "would this wait for GPUs?": answers, changes nothing
+    ("POST", "/v1/models/{ref}/try"): None,  # the dashboard's tester: a call, as any client's, changes nothing
     ("POST", "/v1/models/{ref}/transfer"): Action("model.transfer", ("owner",)),
     ("PUT", "/v1/models/{ref}/collaborators/{principal}"): Action("collaborator.set", ("role",)),
     ("DELETE", "/v1/models/{ref}/collaborators/{principal}"): Action("collaborator.remove"),
@@ -121,8 +122,6 @@ async def snapshot(conn: asyncpg.Connection, model_id: str | None) -> dict[str, 
     view["versions"] = [v["number"] for v in reversed(view["versions"])]
     for name in _UNSHOWN:
         view.pop(name, None)
-    labels = await conn.fetch("SELECT label, version FROM labels WHERE model_id = $1 ORDER BY label", model_id)
-    view["labels"] = {r["label"]: r["version"] for r in labels}
     view["health"] = msgspec.structs.asdict(stored_policy(row))
     return view
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pier.artifacts import Store
-from services.api import access, auth, openapi, store
+from services.api import access, auth, model_states, openapi, store
 from services.api.http import Context, json_response, read_body
 from services.api.schemas import CreateModel, CreateVersion
 
@@ -35,8 +35,10 @@ class Handlers:
         """This document"""
         return json_response(openapi.document(request.app.router))
 
-    async def list_models(self, request: web.Request) -> web.Response:
-        """The model APIs the caller may see"""
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        """The model APIs the caller may see; `follow=true`: live, as server-sent events"""
+        if request.query.get("follow", "").lower() in ("true", "1"):
+            return await model_states.follow(request, self.pool, self.settings.gateway_url)
         async with self.pool.acquire() as conn:
             rows = await access.visible_models(conn, request[auth.USER], request[auth.ADMIN])
             return json_response([await store.model_out(conn, r, self.settings.gateway_url) for r in rows])

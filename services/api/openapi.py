@@ -12,6 +12,7 @@ from aiohttp import web
 from services.api import policy
 from services.api.audit import EventPage
 from services.api.schemas import CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut
+from services.api.tester import TryAnswer, TryCall
 
 # (method, path) -> (request schema, response schema, success status) where a Struct describes them.
 _SCHEMAS: dict[tuple[str, str], tuple[str | None, str | None, int]] = {
@@ -21,8 +22,9 @@ _SCHEMAS: dict[tuple[str, str], tuple[str | None, str | None, int]] = {
     ("GET", "/v1/models/{ref}/versions"): (None, "VersionOut", 200),
     ("POST", "/v1/sources"): (None, "SourceOut", 201),
     ("GET", "/v1/events"): (None, "EventPage", 200),
+    ("POST", "/v1/models/{ref}/try"): ("TryCall", "TryAnswer", 200),
 }
-_COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut, EventPage]
+_COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut, EventPage, TryCall, TryAnswer]
 
 
 def _ref(name: str) -> dict[str, Any]:

@@ -109,6 +109,11 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/orgs"): USER,
     ("PUT", "/v1/orgs/{org}/members/{user}"): ADMIN,
     ("DELETE", "/v1/orgs/{org}/members/{user}"): ADMIN,
+    # The dashboard's page and files hold no data: every piece comes from /v1 with the user's own
+    # credentials. Its tester calls the gateway for the page with a token the user gives.
+    ("GET", "/"): PUBLIC,
+    ("GET", "/static/{name}"): PUBLIC,
+    ("POST", f"{MODEL}/try"): VIEWER,
 }
 
 

@@ -124,6 +124,8 @@ class ModelOut(msgspec.Struct, kw_only=True):
     request_timeout: float
     latest: int | None
     target: int | None
+    # label -> version (e.g. {"prod": 3}): what `/labels/<label>/` serves in routing mode advanced.
+    labels: dict[str, int] = msgspec.field(default_factory=dict)
     url: str
     created_at: str
     updated_at: str

@@ -52,6 +52,7 @@ async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: 
     instances = await conn.fetch(
         "SELECT * FROM instances WHERE model_id = $1 AND state <> 'stopped' ORDER BY instance_id", row["id"]
     )
+    labels = await conn.fetch("SELECT label, version FROM labels WHERE model_id = $1 ORDER BY label", row["id"])
     return ModelOut(
         id=row["id"],
         name=row["name"],
@@ -73,6 +74,7 @@ async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: 
         request_timeout=row["request_timeout"],
         latest=row["latest"],
         target=row["target"],
+        labels={r["label"]: r["version"] for r in labels},
         url=f"{gateway_url}/models/{row['id']}/latest/model",
         created_at=row["created_at"].isoformat(),
         updated_at=row["updated_at"].isoformat(),

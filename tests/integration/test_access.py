@@ -68,6 +68,7 @@ MODEL_ROUTES: dict[tuple[str, str], str] = {
     ("PUT", M + "/collaborators/{principal}"): " A   A   F   F   F   F   N   U",
     ("DELETE", M + "/collaborators/{principal}"): "A A   F   F   F   F   N   U",
     ("POST", M + "/transfer"): "                 A   A   F   F   F   F   N   U",
+    ("POST", M + "/try"): "                      A   A   A   A   A   A   N   U",
     # The audit feed of one model API (the route is /v1/events; the model API is in the query).
     ("GET", "/v1/events?model={ref}"): "         A   A   A   F   A   F   N   U",
 }
@@ -103,6 +104,8 @@ OTHER_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/events"): "                      A     F     U",
     ("PUT", "/v1/orgs/{org}/members/{user}"): "   A     F     U",
     ("DELETE", "/v1/orgs/{org}/members/{user}"): "A     F     U",
+    ("GET", "/"): "                               A     A     A",
+    ("GET", "/static/{name}"): "                  A     A     A",
 }
 
 
@@ -262,6 +265,8 @@ async def _model_call(api: Api, who: str, method: str, path: str) -> tuple[int, 
         ("POST", M + "/schedules"): schedule,
         ("PUT", M + "/collaborators/{principal}"): {"role": "viewer"},
         ("POST", M + "/transfer"): {"owner": "outsider"},
+        # A path the tester refuses (400): past access control, without a gateway to call.
+        ("POST", M + "/try"): {"path": "../v1"},
     }
     try:
         return await api.call(who, method, concrete.replace("/v1/models/{ref}", base), bodies.get((method, path)))
