@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import aiohttp
@@ -100,7 +101,7 @@ async def _call(platform: Platform, name: str, token: str, n: int) -> dict[str, 
 
 
 async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_dashboard(
-    browsers: Browsers, platform: Platform, admin: Admin
+    browsers: Browsers, platform: Platform, admin: Admin, tmp_path: Path
 ) -> None:
     ada = await admin.user("ada")
     await admin.source("hello", CODE, ada)
@@ -149,6 +150,8 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
     # Detail: live state until running, with Connect snippets for both Domino formats.
     await expect(page.get_by_role("heading", name="hello", exact=True)).to_be_visible()
     await expect(page.locator("#model-state [data-state]")).to_have_text("running", timeout=START)
+    # The usage follows the state: the page was drawn while it built, and counts the instance now.
+    await expect(page.locator("#usage")).to_contain_text("1 running now")
     await expect(page.locator("#connect")).to_contain_text('{"parameters":[1]}')
     await expect(page.locator("#connect")).to_contain_text("Authorization: Bearer $PIER_TOKEN")
     await page.get_by_role("button", name="Promote version 1 to prod").click()
@@ -210,11 +213,17 @@ async def test_a_user_creates_calls_updates_and_terminates_a_model_api_in_the_da
     await expect(page.locator("#log div").first).to_be_visible()
     await shot(page, "07-logs")
 
-    # Version 2 from the same source, promoted to prod once it serves: in another tab of the same
+    # Version 2 from a .zip (a top folder, deflated, as "Compress" makes one: unpacked and packed
+    # as a tarball in the page), promoted to prod once it serves: in another tab of the same
     # session, which makes changes as well as the first.
+    archive = tmp_path / "hello.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("hello/predict.py", CODE)
+        zipped.writestr("__MACOSX/hello/._predict.py", b"\0\5\26\7")
     page = await ada_browser.new_page()
     await page.goto(platform.settings.api_url + "/#/m/hello")
-    await page.get_by_label("Source name or git URL").fill("hello")
+    await page.get_by_label("From").select_option("tarball")
+    await page.get_by_label("Or an archive").set_input_files(archive)
     await page.get_by_role("button", name="Deploy", exact=True).click()
     await expect(page.locator("#said")).to_have_text("Version 2 is building.")
     await expect(page.locator("[data-version='2'] [data-labels]")).to_have_text("latest", timeout=START)

@@ -1,7 +1,7 @@
 // Create a model API as proxiML's form does, then review it (POST /v1/plan) before anything is
 // created: the model API is made only by Confirm.
 import { api, ApiError } from "./api.js";
-import { folderTarball } from "./tarball.js";
+import { archiveTarball, folderTarball } from "./tarball.js";
 import { add, field, fill, h, showErrors } from "./ui.js";
 
 const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -38,7 +38,7 @@ export async function render(view, ctx) {
 
   // What and where from.
   const name = input("name", { required: true, autocomplete: "off", pattern: NAME.source });
-  const kinds = [["source_name", "A registered source"], ["folder", "Upload a folder"], ["tarball", "Upload a .tar.gz"],
+  const kinds = [["source_name", "A registered source"], ["folder", "Upload a folder"], ["tarball", "Upload a .tar.gz or .zip"],
     ["git", "A git repository"]];
   const kind = d.kind || (sources.length ? "source_name" : "folder");
   const kindPick = h("fieldset", {}, h("legend", {}, "Source"), ...kinds.map(([value, text]) =>
@@ -46,13 +46,13 @@ export async function render(view, ctx) {
   const sourceName = h("select", { name: "source_name", id: "f-source_name" },
     ...sources.map((s) => h("option", { value: s.name, selected: d.source_name === s.name }, s.name)));
   const folder = h("input", { type: "file", name: "folder", id: "f-folder", webkitdirectory: true, multiple: true });
-  const tarball = h("input", { type: "file", name: "tarball", id: "f-tarball", accept: ".tar.gz,.tgz,application/gzip" });
+  const tarball = h("input", { type: "file", name: "tarball", id: "f-tarball", accept: ".tar.gz,.tgz,.zip,application/gzip,application/zip" });
   const git = input("git", { placeholder: "https://example.org/team/repo.git" });
   const ref = input("ref", { placeholder: "main, a tag or a commit" });
   const sourceFields = {
     source_name: field("Registered source", sourceName, { name: "source_name" }),
     folder: field("Folder", folder, { name: "source", help: "Its .modelignore is applied when it is built." }),
-    tarball: field("Tarball", tarball, { name: "source" }),
+    tarball: field("Archive", tarball, { name: "source" }),
     git: h("div", {}, field("Git URL", git), field("Ref", ref)),
   };
   const showSource = () => {
@@ -188,7 +188,7 @@ export async function render(view, ctx) {
     const problems = {};
     if (!NAME.test(values.name)) problems.name = "lower-case letters, digits and -, starting with a letter or digit";
     if (kindNow === "folder" && !folder.files.length) problems.source = "pick a folder";
-    if (kindNow === "tarball" && !tarball.files.length) problems.source = "pick a .tar.gz file";
+    if (kindNow === "tarball" && !tarball.files.length) problems.source = "pick a .tar.gz or .zip file";
     if (kindNow === "source_name" && !values.source_name) problems.source_name = "there is no registered source";
     if (kindNow === "git" && !values.git) problems.git = "give the repository's URL";
     if (!values.file !== !values.function) problems[values.file ? "function" : "file"] = "give both the file and the function";
@@ -275,7 +275,8 @@ async function review(view, ctx) {
     try {
       const body = { ...spec };
       if (draft.form.kind === "folder" || draft.form.kind === "tarball") {
-        const blob = draft.form.kind === "folder" ? await folderTarball(draft.upload.folder) : draft.upload.tarball;
+        const blob = draft.form.kind === "folder"
+          ? await folderTarball(draft.upload.folder) : await archiveTarball(draft.upload.tarball);
         body.source = (await api("POST", "/v1/sources", undefined, blob)).digest;
       }
       const made = await api("POST", "/v1/models", body);

@@ -5,6 +5,7 @@ import { keepToken, may, roleOn } from "./roles.js";
 import { snippets } from "./snippets.js";
 import { add, copyButton, field, fill, h, showErrors, stateBadge } from "./ui.js";
 import { readyCount } from "./models.js";
+import { archiveTarball } from "./tarball.js";
 
 const STOPPABLE = ["building", "waiting", "starting", "running"];
 const RESTARTABLE = ["starting", "running", "stopped"];
@@ -114,19 +115,21 @@ export async function render(view, ctx) {
   const deployForm = () => {
     const latest = model.versions[0];
     const kind = h("select", { id: "deploy-kind", name: "kind" }, h("option", { value: "source_name" }, "a registered source"),
-      h("option", { value: "git" }, "a git repository"), h("option", { value: "tarball" }, "an upload (.tar.gz)"));
+      h("option", { value: "git" }, "a git repository"), h("option", { value: "tarball" }, "an upload (.tar.gz or .zip)"));
     const where = h("input", { id: "deploy-where", name: "source_name", placeholder: "source name or git URL" });
-    const file = h("input", { id: "deploy-tarball", type: "file", accept: ".tar.gz,.tgz,application/gzip" });
+    const file = h("input", { id: "deploy-tarball", type: "file", accept: ".tar.gz,.tgz,.zip,application/gzip,application/zip" });
     const problem = h("p", { class: "error", role: "alert" });
     const form = h("form", { id: "deploy-form" }, h("h3", {}, "Deploy a new version"),
       h("p", { class: "help" }, "Same entry point and routes as the latest version."),
-      field("From", kind), field("Source name or git URL", where, { name: "source_name" }), field("Or a tarball", file, { name: "source" }),
+      field("From", kind), field("Source name or git URL", where, { name: "source_name" }), field("Or an archive", file, { name: "source" }),
       problem, h("button", { type: "submit", id: "deploy" }, "Deploy"));
     form.addEventListener("submit", act(async (event) => {
       event.preventDefault();
       const body = { ...(latest ? latest.entrypoint : {}) };
       if (kind.value === "git") body.git = where.value.trim();
-      else if (kind.value === "tarball") body.source = (await api("POST", "/v1/sources", undefined, file.files[0])).digest;
+      else if (kind.value === "tarball") {
+        body.source = (await api("POST", "/v1/sources", undefined, await archiveTarball(file.files[0]))).digest;
+      }
       else body.source_name = where.value.trim();
       try {
         const made = await api("POST", `${path}/versions`, body);
@@ -163,8 +166,13 @@ export async function render(view, ctx) {
     if (kind === "removed" && data.id === model.id) location.hash = "#/models";
     if (kind !== "model" || data.id !== model.id) return;
     const before = JSON.stringify([model.versions, model.latest, model.routing_mode]);
+    const stateBefore = model.state;
     model = data;
     drawHead();
+    if (model.state !== stateBefore) {
+      // Instances start or stop with the state: the usage counts them.
+      usagePanel(path).then((panel) => view.querySelector("#usage")?.replaceWith(panel)).catch(() => {});
+    }
     if (JSON.stringify([model.versions, model.latest, model.routing_mode]) !== before) {
       api("GET", `${path}/labels`).then((l) => { labels = l; drawVersions(); drawConnect(); }).catch(() => {});
     }

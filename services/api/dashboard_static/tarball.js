@@ -1,4 +1,7 @@
-// A folder picked in the browser, as the gzip'd tarball POST /v1/sources takes (ustar, no library).
+// A folder or a .zip picked in the browser, as the gzip'd tarball POST /v1/sources takes (ustar,
+// no library).
+import { zipEntries } from "./zip.js";
+
 const enc = new TextEncoder();
 
 function octal(value, width) {
@@ -30,17 +33,31 @@ function header(path, size, mtime) {
   return block;
 }
 
-// `files`: a FileList from <input webkitdirectory>; paths are made relative to the picked folder.
-export async function folderTarball(files) {
+// `entries`: {path, data, mtime} each, as one gzip'd tarball.
+async function pack(entries) {
   const parts = [];
-  for (const file of files) {
-    const path = (file.webkitRelativePath || file.name).split("/").slice(1).join("/") || file.name;
-    const data = new Uint8Array(await file.arrayBuffer());
-    parts.push(header(path, data.length, Math.floor(file.lastModified / 1000)), data);
+  for (const { path, data, mtime } of entries) {
+    parts.push(header(path, data.length, mtime), data);
     const pad = (512 - (data.length % 512)) % 512;
     if (pad) parts.push(new Uint8Array(pad));
   }
   parts.push(new Uint8Array(1024));
   const tar = new Blob(parts);
   return new Response(tar.stream().pipeThrough(new CompressionStream("gzip"))).blob();
+}
+
+// `files`: a FileList from <input webkitdirectory>; paths are made relative to the picked folder.
+export async function folderTarball(files) {
+  const entries = [];
+  for (const file of files) {
+    const path = (file.webkitRelativePath || file.name).split("/").slice(1).join("/") || file.name;
+    entries.push({ path, data: new Uint8Array(await file.arrayBuffer()), mtime: Math.floor(file.lastModified / 1000) });
+  }
+  return pack(entries);
+}
+
+// An uploaded archive as the api takes it: a .zip is unpacked and packed as a tarball; a
+// .tar.gz goes as it is.
+export async function archiveTarball(file) {
+  return /\.zip$/i.test(file.name) ? pack(await zipEntries(file)) : file;
 }
