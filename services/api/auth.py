@@ -23,6 +23,8 @@ ADMIN = web.RequestKey("admin", bool)
 LIVE_ROUTES = frozenset({"/v1/models/{ref}/logs", "/v1/events"})
 # The session (the hash of its cookie) when the caller signed in with a password, not an API key.
 SESSION = web.RequestKey("session", str)
+# The caller's role on the model API a request names (set where the policy is checked).
+ROLE = web.RequestKey("role", Role)
 SESSION_COOKIE = "pier_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -170,6 +172,7 @@ async def _authorize_on_model(pool: asyncpg.Pool, request: web.Request, path: st
         role = await access.role_on(conn, model, request[USER], request[ADMIN])
     if role is None:
         raise store.not_found(ref)
+    request[ROLE] = role
     if role < needed:
         raise Forbidden(
             f"{request.method} {path} on model API {model['name']!r}"

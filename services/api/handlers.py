@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
 from pier.artifacts import Store
@@ -46,7 +47,8 @@ class Handlers:
     async def show_model(self, request: web.Request) -> web.Response:
         async with self.pool.acquire() as conn:
             row = await store.resolve(conn, request.match_info["ref"])
-            return json_response(await store.model_out(conn, row, self.settings.gateway_url))
+            out = await store.model_out(conn, row, self.settings.gateway_url)
+        return json_response(msgspec.structs.replace(out, role=request[auth.ROLE].label))
 
     async def create_model(self, request: web.Request) -> web.Response:
         spec = await read_body(request, CreateModel)

@@ -131,3 +131,6 @@ class ModelOut(msgspec.Struct, kw_only=True):
     updated_at: str
     versions: list[VersionOut] = msgspec.field(default_factory=list)
     running_instances: list[InstanceOut] = msgspec.field(default_factory=list)
+    # GET /v1/models/{ref} only: the caller's role on it (viewer, editor, owner, admin), so a client
+    # offers only what the role may do.
+    role: str | None = None

@@ -370,6 +370,21 @@ async def test_the_model_list_shows_only_what_the_caller_may_see(api: Api) -> No
     assert status == 404
 
 
+async def test_a_model_api_answers_the_callers_own_role_on_it(api: Api) -> None:
+    """What a client (the dashboard) offers follows this answer: the same role the policy checks."""
+    name = await _model(api, "public")
+    roles = {who: (await api.ok(who, "GET", f"/v1/models/{name}"))["role"] for who in (
+        "owner", "editor", "viewer", "member", "public", "admin")}  # fmt: skip
+    assert roles == {
+        "owner": "owner",
+        "editor": "editor",
+        "viewer": "viewer",
+        "member": "editor",  # through the organization team
+        "public": "viewer",  # a public model API
+        "admin": "admin",
+    }
+
+
 async def test_the_owner_makes_a_model_api_public_and_a_transfer_hands_it_over(api: Api) -> None:
     name = await _model(api, "private")
     assert (await api.call("private", "GET", f"/v1/models/{name}"))[0] == 404

@@ -1,7 +1,7 @@
 // One model API: its state (live), versions and Promote, Connect, settings, tokens, collaborators,
 // usage, audit history, and Stop / Restart / Terminate as its state and the caller's role allow.
 import { api, ApiError, follow } from "./api.js";
-import { keepToken, may, roleOn } from "./roles.js";
+import { keepToken, may } from "./roles.js";
 import { snippets } from "./snippets.js";
 import { add, copyButton, field, fill, h, showErrors, stateBadge } from "./ui.js";
 import { readyCount } from "./models.js";
@@ -40,7 +40,7 @@ export async function render(view, ctx) {
   const ref = ctx.params[0];
   const path = `/v1/models/${encodeURIComponent(ref)}`;
   let model = await api("GET", path);
-  const role = await roleOn(model, ctx.me);
+  const role = model.role;
   const editor = may(role, "editor"), owner = may(role, "owner");
   const say = h("p", { role: "status", "aria-live": "polite", id: "said" });
   const fail = h("p", { class: "error", role: "alert", id: "detail-error" });
