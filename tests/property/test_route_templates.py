@@ -44,12 +44,16 @@ def admitted(kind: str, value: Any) -> bool:
 
 
 def values_of(kind: str) -> st.SearchStrategy[Any]:
-    return json_values.filter(lambda v: admitted(kind, v)) if kind in ("object", "array") else {
-        "string": st.text(max_size=12),
-        "integer": st.integers(),
-        "number": st.integers() | st.floats(allow_nan=False, allow_infinity=False),
-        "boolean": st.booleans(),
-    }[kind]
+    return (
+        json_values.filter(lambda v: admitted(kind, v))
+        if kind in ("object", "array")
+        else {
+            "string": st.text(max_size=12),
+            "integer": st.integers(),
+            "number": st.integers() | st.floats(allow_nan=False, allow_infinity=False),
+            "boolean": st.booleans(),
+        }[kind]
+    )
 
 
 def same(a: Any, b: Any) -> bool:
