@@ -23,6 +23,7 @@ from services.api import (
     settings,
     sources,
     sse,
+    text,
     tokens,
     users,
 )
@@ -55,8 +56,9 @@ ROUTE_MODULES = [
 def build(ctx: Context) -> web.Application:
     app = web.Application(
         client_max_size=ctx.settings.api_max_body_bytes,
-        # audit inside auth: it records who made each change.
-        middlewares=[problems, auth.middleware(ctx.pool), audit.middleware()],
+        # audit inside auth: it records who made each change; refuse_nul before both (a NUL reaching
+        # PostgreSQL, in a path, a query or a body, fails there as a 500).
+        middlewares=[problems, text.refuse_nul, auth.middleware(ctx.pool), audit.middleware()],
     )
     sse.install(app)
     for module in ROUTE_MODULES:

@@ -11,22 +11,82 @@ from aiohttp import web
 
 from services.api import policy
 from services.api.audit import EventPage
+from services.api.collaborators import Share, Transfer
+from services.api.environments import CreateEnvironment
+from services.api.gpus import PlanIn
+from services.api.labels import Promote
+from services.api.orgs import CreateOrg
+from services.api.schedules import CreateSchedule
 from services.api.schemas import CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut
+from services.api.sessions import SetPassword, SignIn
+from services.api.settings import ModelSettings
+from services.api.sources import CreateCredential
+from services.api.tokens import CreateToken
+from services.api.users import ChangeUser, CreateKey, CreateUser
 
-# (method, path) -> (request schema, response schema, success status) where a Struct describes them.
-_SCHEMAS: dict[tuple[str, str], tuple[str | None, str | None, int]] = {
-    ("POST", "/v1/models"): ("CreateModel", "ModelOut", 201),
-    ("GET", "/v1/models/{ref}"): (None, "ModelOut", 200),
-    ("POST", "/v1/models/{ref}/versions"): ("CreateVersion", None, 201),
-    ("GET", "/v1/models/{ref}/versions"): (None, "VersionOut", 200),
-    ("POST", "/v1/sources"): (None, "SourceOut", 201),
-    ("GET", "/v1/events"): (None, "EventPage", 200),
+# (method, path) -> (request body, answer body, success status) where a Struct describes them or
+# the success is not a 200. Bodies are read with these Structs, so their schemas are exact.
+_SCHEMAS: dict[tuple[str, str], tuple[Any, Any, int]] = {
+    ("POST", "/v1/models"): (CreateModel, ModelOut, 201),
+    ("GET", "/v1/models/{ref}"): (None, ModelOut, 200),
+    ("PATCH", "/v1/models/{ref}"): (ModelSettings, None, 200),
+    ("DELETE", "/v1/models/{ref}"): (None, ModelOut, 202),
+    ("POST", "/v1/models/{ref}/stop"): (None, ModelOut, 202),
+    ("POST", "/v1/models/{ref}/restart"): (None, ModelOut, 202),
+    ("POST", "/v1/models/{ref}/versions"): (CreateVersion, None, 201),
+    ("GET", "/v1/models/{ref}/versions"): (None, list[VersionOut], 200),
+    ("POST", "/v1/models/{ref}/tokens"): (CreateToken, None, 201),
+    ("DELETE", "/v1/models/{ref}/tokens/{token_id}"): (None, None, 204),
+    ("PUT", "/v1/models/{ref}/labels/{label}"): (Promote, None, 200),
+    ("POST", "/v1/models/{ref}/schedules"): (CreateSchedule, None, 201),
+    ("DELETE", "/v1/models/{ref}/schedules/{id}"): (None, None, 204),
+    ("POST", "/v1/models/{ref}/schedules/{id}/runs"): (None, None, 202),
+    ("PUT", "/v1/models/{ref}/collaborators/{principal}"): (Share, None, 200),
+    ("DELETE", "/v1/models/{ref}/collaborators/{principal}"): (None, None, 204),
+    ("POST", "/v1/models/{ref}/transfer"): (Transfer, None, 200),
+    ("POST", "/v1/sources"): (None, SourceOut, 201),
+    ("POST", "/v1/git-credentials"): (CreateCredential, None, 201),
+    ("POST", "/v1/environments"): (CreateEnvironment, None, 201),
+    ("POST", "/v1/plan"): (PlanIn, None, 200),
+    ("GET", "/v1/events"): (None, EventPage, 200),
+    ("POST", "/v1/users"): (CreateUser, None, 201),
+    ("PATCH", "/v1/users/{name}"): (ChangeUser, None, 200),
+    ("POST", "/v1/me/keys"): (CreateKey, None, 201),
+    ("DELETE", "/v1/me/keys/{id}"): (None, None, 204),
+    ("PUT", "/v1/me/password"): (SetPassword, None, 204),
+    ("POST", "/v1/orgs"): (CreateOrg, None, 201),
+    ("DELETE", "/v1/orgs/{org}/members/{user}"): (None, None, 204),
+    ("POST", "/v1/session"): (SignIn, None, 200),
+    ("DELETE", "/v1/session"): (None, None, 204),
 }
-_COMPONENTS = [CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut, EventPage]
+_TYPES = sorted({t for request, answer, _ in _SCHEMAS.values() for t in (request, answer) if t is not None}, key=repr)
+# Every refusal is application/problem+json (RFC 9457), as services/api/errors.py writes it.
+_PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "problem"],
+                "properties": {"field": {"type": "string"}, "problem": {"type": "string"}},
+            },
+        },
+    },
+}
+_REFUSED = {
+    "description": "Refused: the problem, and for invalid input each field at fault",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 
-def _ref(name: str) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+def _content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
 
 
 def _summary(handler: Any) -> str:
@@ -37,18 +97,22 @@ def _summary(handler: Any) -> str:
 
 
 def document(router: web.UrlDispatcher) -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(_COMPONENTS, ref_template="#/components/schemas/{name}")
+    schemas, components = msgspec.json.schema_components(_TYPES, ref_template="#/components/schemas/{name}")
+    schema_of = dict(zip(_TYPES, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for route in router.routes():
         path = route.resource.canonical if route.resource else ""
         if route.method == "HEAD" or not (path.startswith("/v1/") or path == "/metrics"):
             continue
         request, response, status = _SCHEMAS.get((route.method, path), (None, None, 200))
-        op: dict[str, Any] = {"summary": _summary(route.handler), "responses": {str(status): {"description": "OK"}}}
-        if request:
-            op["requestBody"] = _ref(request)
-        if response:
-            op["responses"][str(status)].update(_ref(response))
+        op: dict[str, Any] = {
+            "summary": _summary(route.handler),
+            "responses": {str(status): {"description": "OK"}, "4XX": _REFUSED},
+        }
+        if request is not None:
+            op["requestBody"] = {"required": True, **_content(schema_of[request])}
+        if response is not None:
+            op["responses"][str(status)].update(_content(schema_of[response]))
         rule = policy.rule(route.method, path)
         if rule is not None:
             # Who may call it, from the policy table the api enforces (docs/access.md).
@@ -66,7 +130,10 @@ def document(router: web.UrlDispatcher) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Pier management API", "version": "1"},
-        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": {**components, "Problem": _PROBLEM},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
         "security": [{"bearer": []}],
         "paths": dict(sorted(paths.items())),
     }
