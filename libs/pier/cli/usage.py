@@ -53,14 +53,13 @@ def _routes_loader() -> type[Any]:
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             event = self.peek_event()
+            mark: Any = event.start_mark  # where the message points (line, column)
             if isinstance(event, yaml.AliasEvent):
-                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
             self.depth += 1
             try:
                 if self.depth > _MAX_YAML_DEPTH:
-                    raise yaml.composer.ComposerError(
-                        None, None, f"nested deeper than {_MAX_YAML_DEPTH} levels", event.start_mark
-                    )
+                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {_MAX_YAML_DEPTH} levels", mark)
                 return super().compose_node(parent, index)
             finally:
                 self.depth -= 1
