@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -78,8 +79,20 @@ def _extract_inside(data: bytes) -> None:
 )
 @example(data=tarball([entry("l", tarfile.SYMTYPE, "../.."), entry("l/x", data=b"x")]))
 @example(data=tarball([entry("h", tarfile.LNKTYPE, "/etc/passwd")]))
+# Found here: an entry under a file, or a file and a folder at one path, failed the build midway
+# with NotADirectoryError / IsADirectoryError instead of being refused as the source's fault.
+@example(data=tarball([entry("a", data=b"x"), entry("a/a", data=b"y")]))
+@example(data=tarball([entry("a", data=b"x"), entry("a", tarfile.DIRTYPE)]))
+@example(data=tarball([entry("a/b", data=b"x"), entry("a", data=b"y")]))
 def test_hostile_archives_are_refused_or_stay_inside_the_target(data: bytes) -> None:
     _extract_inside(data)
+
+
+def test_an_entry_under_a_file_is_refused_naming_it() -> None:
+    with pytest.raises(tarballs.UnsafeSource, match="entry 'a/b' is under 'a', which an earlier entry made a file"):
+        tarballs.check(io.BytesIO(tarball([entry("a", data=b"x"), entry("a/b", data=b"y")])), LIMITS)
+    with pytest.raises(tarballs.UnsafeSource, match="entry './a' is a file where an earlier entry is a folder"):
+        tarballs.check(io.BytesIO(tarball([entry("a/b", data=b"x"), entry("./a", data=b"y")])), LIMITS)
 
 
 def _plain_tar() -> bytes:
