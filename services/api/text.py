@@ -24,8 +24,8 @@ def nul_field(value: Any, where: str = "") -> str | None:
     if isinstance(value, dict):
         for key, item in value.items():
             path = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and "\0" in key:
-                return where or "body"
+            if "\0" in path:
+                return path.replace("\0", "\\u0000")  # the key itself: named as JSON would write it
             found = nul_field(item, path)
             if found:
                 return found

@@ -145,6 +145,10 @@ def test_a_nul_character_anywhere_in_a_request_is_a_400_naming_the_field(api: tu
             "routes[0].path",
         ),
         (requests.get(f"{url}/v1/models/a%00b", headers=ADMIN, timeout=10), "ref"),
+        (
+            requests.post(f"{url}/v1/models", json={**spec, "name": "ok", "x\0": 1}, headers=ADMIN, timeout=10),
+            "x\\u0000",
+        ),
         (requests.get(f"{url}/v1/events?model=a%00b", headers=ADMIN, timeout=10), "model"),
     ]:
         assert answer.status_code == 400, answer.text
