@@ -15,6 +15,17 @@ from pier.http.server import Request
 from pier.spec import Entrypoint, Route
 
 
+def same(a: Any, b: Any) -> bool:
+    """Equal and of the same Python types all the way down (1, 1.0 and True are not the same)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 class Captured:
     """Every call of `keep`: (args, kwargs) as the function received them."""
 

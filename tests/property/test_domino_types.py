@@ -14,8 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.property.calls import Calls, harness
-from tests.property.test_route_templates import same
+from tests.property.calls import Calls, harness, same
 
 # Reals as clients write them: json.dumps gives 1.0, 1e+16, -0.0, 5e-324.
 json_documents = st.recursive(

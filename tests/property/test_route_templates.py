@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pier.spec import Entrypoint, Param, Route, check_entrypoint
-from tests.property.calls import Calls, harness
+from tests.property.calls import Calls, harness, same
 
 TYPES = ("string", "integer", "number", "boolean", "object", "array")
 
@@ -54,17 +54,6 @@ def values_of(kind: str) -> st.SearchStrategy[Any]:
             "boolean": st.booleans(),
         }[kind]
     )
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same Python types all the way down (1, 1.0 and True are not the same)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 names = st.from_regex(r"[a-z_][a-z0-9_]{0,6}", fullmatch=True)
