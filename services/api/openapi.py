@@ -9,54 +9,73 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from pier.events import GpuInventory
 from services.api import policy
 from services.api.audit import EventPage
-from services.api.collaborators import Share, Transfer
-from services.api.environments import CreateEnvironment
-from services.api.gpus import PlanIn
-from services.api.labels import Promote
-from services.api.orgs import CreateOrg
-from services.api.schedules import CreateSchedule
+from services.api.collaborators import CollaboratorOut, Share, Transfer
+from services.api.environments import CreateEnvironment, EnvironmentOut
+from services.api.gpus import PlanIn, PlanOut, UsageOut
+from services.api.labels import LabelOut, Promote
+from services.api.orgs import CreateOrg, OrgOut
+from services.api.schedules import CreateSchedule, RunOut, ScheduleOut
 from services.api.schemas import CreateModel, CreateVersion, ModelOut, SourceOut, VersionOut
-from services.api.sessions import SetPassword, SignIn
-from services.api.settings import ModelSettings
-from services.api.sources import CreateCredential
-from services.api.tokens import CreateToken
-from services.api.users import ChangeUser, CreateKey, CreateUser
+from services.api.sessions import SessionOut, SetPassword, SignIn
+from services.api.settings import ModelSettings, SettingsOut
+from services.api.sources import CreateCredential, CredentialOut, NamedSourceOut
+from services.api.tokens import CreateToken, TokenCreated, TokenOut
+from services.api.users import ChangeUser, CreateKey, CreateUser, KeyCreated, KeyOut, Me, UserCreated, UserOut
 
 # (method, path) -> (request body, answer body, success status) where a Struct describes them or
-# the success is not a 200. Bodies are read with these Structs, so their schemas are exact.
+# the success is not a 200. The handlers read and answer with these Structs, so the schemas are exact.
 _SCHEMAS: dict[tuple[str, str], tuple[Any, Any, int]] = {
+    ("GET", "/v1/models"): (None, list[ModelOut], 200),
     ("POST", "/v1/models"): (CreateModel, ModelOut, 201),
     ("GET", "/v1/models/{ref}"): (None, ModelOut, 200),
-    ("PATCH", "/v1/models/{ref}"): (ModelSettings, None, 200),
+    ("PATCH", "/v1/models/{ref}"): (ModelSettings, SettingsOut, 200),
     ("DELETE", "/v1/models/{ref}"): (None, ModelOut, 202),
+    ("GET", "/v1/models/{ref}/settings"): (None, SettingsOut, 200),
     ("POST", "/v1/models/{ref}/stop"): (None, ModelOut, 202),
     ("POST", "/v1/models/{ref}/restart"): (None, ModelOut, 202),
     ("POST", "/v1/models/{ref}/versions"): (CreateVersion, None, 201),
     ("GET", "/v1/models/{ref}/versions"): (None, list[VersionOut], 200),
-    ("POST", "/v1/models/{ref}/tokens"): (CreateToken, None, 201),
+    ("GET", "/v1/models/{ref}/tokens"): (None, list[TokenOut], 200),
+    ("POST", "/v1/models/{ref}/tokens"): (CreateToken, TokenCreated, 201),
     ("DELETE", "/v1/models/{ref}/tokens/{token_id}"): (None, None, 204),
+    ("GET", "/v1/models/{ref}/labels"): (None, list[LabelOut], 200),
     ("PUT", "/v1/models/{ref}/labels/{label}"): (Promote, None, 200),
-    ("POST", "/v1/models/{ref}/schedules"): (CreateSchedule, None, 201),
+    ("GET", "/v1/models/{ref}/schedules"): (None, list[ScheduleOut], 200),
+    ("POST", "/v1/models/{ref}/schedules"): (CreateSchedule, ScheduleOut, 201),
     ("DELETE", "/v1/models/{ref}/schedules/{id}"): (None, None, 204),
-    ("POST", "/v1/models/{ref}/schedules/{id}/runs"): (None, None, 202),
-    ("PUT", "/v1/models/{ref}/collaborators/{principal}"): (Share, None, 200),
+    ("GET", "/v1/models/{ref}/schedules/{id}/runs"): (None, list[RunOut], 200),
+    ("POST", "/v1/models/{ref}/schedules/{id}/runs"): (None, RunOut, 202),
+    ("GET", "/v1/models/{ref}/collaborators"): (None, list[CollaboratorOut], 200),
+    ("PUT", "/v1/models/{ref}/collaborators/{principal}"): (Share, CollaboratorOut, 200),
     ("DELETE", "/v1/models/{ref}/collaborators/{principal}"): (None, None, 204),
-    ("POST", "/v1/models/{ref}/transfer"): (Transfer, None, 200),
+    ("POST", "/v1/models/{ref}/transfer"): (Transfer, ModelOut, 200),
+    ("GET", "/v1/models/{ref}/usage"): (None, UsageOut, 200),
     ("POST", "/v1/sources"): (None, SourceOut, 201),
-    ("POST", "/v1/git-credentials"): (CreateCredential, None, 201),
-    ("POST", "/v1/environments"): (CreateEnvironment, None, 201),
-    ("POST", "/v1/plan"): (PlanIn, None, 200),
+    ("GET", "/v1/sources"): (None, list[NamedSourceOut], 200),
+    ("GET", "/v1/sources/{name}"): (None, NamedSourceOut, 200),
+    ("GET", "/v1/git-credentials"): (None, list[CredentialOut], 200),
+    ("POST", "/v1/git-credentials"): (CreateCredential, CredentialOut, 201),
+    ("GET", "/v1/environments"): (None, list[EnvironmentOut], 200),
+    ("POST", "/v1/environments"): (CreateEnvironment, EnvironmentOut, 201),
+    ("GET", "/v1/gpus"): (None, GpuInventory, 200),
+    ("POST", "/v1/plan"): (PlanIn, PlanOut, 200),
     ("GET", "/v1/events"): (None, EventPage, 200),
-    ("POST", "/v1/users"): (CreateUser, None, 201),
-    ("PATCH", "/v1/users/{name}"): (ChangeUser, None, 200),
-    ("POST", "/v1/me/keys"): (CreateKey, None, 201),
+    ("GET", "/v1/users"): (None, list[UserOut], 200),
+    ("POST", "/v1/users"): (CreateUser, UserCreated, 201),
+    ("PATCH", "/v1/users/{name}"): (ChangeUser, UserOut, 200),
+    ("GET", "/v1/me"): (None, Me, 200),
+    ("GET", "/v1/me/keys"): (None, list[KeyOut], 200),
+    ("POST", "/v1/me/keys"): (CreateKey, KeyCreated, 201),
     ("DELETE", "/v1/me/keys/{id}"): (None, None, 204),
     ("PUT", "/v1/me/password"): (SetPassword, None, 204),
-    ("POST", "/v1/orgs"): (CreateOrg, None, 201),
+    ("GET", "/v1/orgs"): (None, list[OrgOut], 200),
+    ("POST", "/v1/orgs"): (CreateOrg, OrgOut, 201),
+    ("PUT", "/v1/orgs/{org}/members/{user}"): (None, OrgOut, 200),
     ("DELETE", "/v1/orgs/{org}/members/{user}"): (None, None, 204),
-    ("POST", "/v1/session"): (SignIn, None, 200),
+    ("POST", "/v1/session"): (SignIn, SessionOut, 201),
     ("DELETE", "/v1/session"): (None, None, 204),
 }
 _TYPES = sorted({t for request, answer, _ in _SCHEMAS.values() for t in (request, answer) if t is not None}, key=repr)
