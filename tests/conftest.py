@@ -8,12 +8,15 @@ password, as under `make up`; the settings' URLs carry it.
 
 from __future__ import annotations
 
+import os
 import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from infra.credentials import DATABASE_ROLE
 from infra.embedded import NatsServer, PostgresServer
@@ -21,6 +24,23 @@ from pier import config
 from pier.config import Settings
 
 _ROLE_PASSWORD = secrets.token_urlsafe(24)
+
+# Property tests and fuzzing (docs/testing.md): "ci" is bounded and derandomized, so `make test` is
+# quick and a failure reproduces; HYPOTHESIS_PROFILE=long searches much further, for local runs.
+# The deadline is the bound on one example's time: a parser that hangs fails it.
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=3000,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile(
+    "long", max_examples=3000, deadline=10000, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

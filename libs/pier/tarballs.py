@@ -102,6 +102,10 @@ class Checker:
     # Every path an entry or a link target has used, with its folders: a later symlink there
     # would change what an earlier check assumed.
     used: set[str] = field(default_factory=set)
+    # Regular files and folders so far: an entry under a file, or a file and a folder at one path,
+    # cannot be unpacked (the builder's extraction would fail midway, not as the source's fault).
+    files: set[str] = field(default_factory=set)
+    folders: set[str] = field(default_factory=set)
 
     def check(self, member: tarfile.TarInfo) -> None:
         """Raise UnsafeSource or TooBig for the first rule `member` breaks."""
@@ -125,10 +129,26 @@ class Checker:
             self.links.add(path)
             self.used.update(_prefixes(target))
         self.used.update(_prefixes(path))
+        self._check_shape(member, path)
         # Header bytes count: 300,000 empty entries cost the reader as much as a large file.
         self.unpacked += member.offset_data - member.offset + (member.size if member.isfile() else 0)
         if self.unpacked > self.limits.max_unpacked:
             raise TooBig(f"the unpacked source is over the limit of {self.limits.max_unpacked} bytes")
+
+    def _check_shape(self, member: tarfile.TarInfo, path: str) -> None:
+        above = list(_prefixes(path))[:-1]
+        for prefix in above:
+            if prefix in self.files:
+                raise UnsafeSource(f"entry {member.name!r} is under {prefix!r}, which an earlier entry made a file")
+        if member.isdir() and path in self.files:
+            raise UnsafeSource(f"entry {member.name!r} is a folder where an earlier entry is a file")
+        if member.isfile() and path in self.folders:
+            raise UnsafeSource(f"entry {member.name!r} is a file where an earlier entry is a folder")
+        self.folders.update(above)
+        if member.isdir():
+            self.folders.add(path)
+        elif member.isfile():
+            self.files.add(path)
 
 
 class _Reader(tarfile.TarFile):

@@ -25,6 +25,7 @@ from services.api import (
     sources,
     sse,
     tester,
+    text,
     tokens,
     tracing,
     users,
@@ -60,8 +61,16 @@ ROUTE_MODULES = [
 def build(ctx: Context) -> web.Application:
     app = web.Application(
         client_max_size=ctx.settings.api_max_body_bytes,
-        # audit inside auth: it records who made each change; the span outside all: it times them.
-        middlewares=[*tracing.middlewares(ctx.settings), problems, auth.middleware(ctx.pool), audit.middleware()],
+        # audit inside auth: it records who made each change; refuse_nul before both (a NUL reaching
+        # PostgreSQL, in a path, a query or a body, fails there as a 500); the span outside all: it
+        # times them.
+        middlewares=[
+            *tracing.middlewares(ctx.settings),
+            problems,
+            text.refuse_nul,
+            auth.middleware(ctx.pool),
+            audit.middleware(),
+        ],
     )
     sse.install(app)
     for module in ROUTE_MODULES:

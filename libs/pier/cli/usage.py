@@ -38,13 +38,42 @@ def read_text(path: str | Path, what: str) -> str:
         raise UsageError(f"{what} {path}: cannot be read: {exc.strerror or exc}") from None
 
 
+# Deeper than any routes file needs; past it PyYAML's recursive composer would overflow the stack.
+_MAX_YAML_DEPTH = 64
+
+
+def _routes_loader() -> type[Any]:
+    import yaml  # only deploys with routes pay for the import
+
+    class Loader(yaml.SafeLoader):
+        """safe_load without aliases (`*name`: a few lines of them expand to billions of nodes when
+        the routes are checked and sent) and without nesting deep enough to exhaust the stack."""
+
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            mark: Any = event.start_mark  # where the message points (line, column)
+            if isinstance(event, yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
+            self.depth += 1
+            try:
+                if self.depth > _MAX_YAML_DEPTH:
+                    raise yaml.composer.ComposerError(None, None, f"nested deeper than {_MAX_YAML_DEPTH} levels", mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return Loader
+
+
 def load_routes(path: str | Path) -> list[dict[str, Any]]:
     """The `routes` list of a routes.yaml, checked for shape here so a typo names the file and the route."""
-    import yaml  # only deploys with routes pay for the import
+    import yaml
 
     text = read_text(path, "routes file")
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_routes_loader())  # a SafeLoader: no Python objects
     except yaml.MarkedYAMLError as exc:  # the usual case: say where, without PyYAML's echo of the text
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
