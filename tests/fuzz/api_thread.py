@@ -1,6 +1,7 @@
-"""A real api (HTTP app, outbox relay, PostgreSQL, NATS) and the scheduler it asks about GPUs and
-plans, on a free port, run on an event loop of their own in a thread, so synchronous clients
-(schemathesis calls with `requests`) can drive them."""
+"""A real api (HTTP app, outbox relay, PostgreSQL, NATS), the scheduler it asks about GPUs and
+plans, and the gateway its tester calls (`POST /v1/models/{ref}/try`), on free ports, run on an
+event loop of their own in a thread, so synchronous clients (schemathesis calls with `requests`)
+can drive them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import msgspec
 from aiohttp import web
 
+from infra.embedded import free_port
 from pier import bus, db, outbox
 from pier.config import Settings
 from pier.events import PlaceModel, RestartInstance, StopModel
@@ -20,6 +23,7 @@ from services.api import auth
 from services.api.__main__ import MIGRATIONS
 from services.api.http import Context
 from services.api.lifecycle import CHANNEL, Lifecycle
+from services.gateway import app as gateway
 from services.scheduler.__main__ import MIGRATIONS as SCHEDULER_MIGRATIONS
 from services.scheduler.controller import Controller
 from services.scheduler.inventory import discover
@@ -52,7 +56,8 @@ async def _serve(settings: Settings, token: str, started: asyncio.Future[int], s
         await asyncio.wait([scheduler, asyncio.create_task(scheduler_ready.wait())], return_when="FIRST_COMPLETED")
         if scheduler.done():
             scheduler.result()  # it failed to start: say why
-        await _api(settings, token, started, stop)
+        async with bus.connect(settings, "gateway") as gb, gateway.running(settings, gb):
+            await _api(settings, token, started, stop)
     finally:
         await cancel_and_wait([scheduler])
 
@@ -81,6 +86,7 @@ async def _api(settings: Settings, token: str, started: asyncio.Future[int], sto
 @contextmanager
 def api_thread(settings: Settings, token: str) -> Iterator[str]:
     """The api's base URL while the block runs; stopped (and the thread joined) after it."""
+    settings = msgspec.structs.replace(settings, gateway_port=free_port(), gateway_metrics_port=0)
     loop = asyncio.new_event_loop()
     started: asyncio.Future[int] = loop.create_future()
     stop = asyncio.Event()
