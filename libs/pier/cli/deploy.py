@@ -54,6 +54,7 @@ def _deploy(client: Client, args: argparse.Namespace, shown: Progress) -> int:
     elif folder is not None:
         print(f"packing {folder} ...", flush=True)
         code["source"] = upload(client, folder, shown=shown)
+        shown.end()  # the upload's line stays as it is, above what follows
     if args.environment:
         code["environment"] = args.environment
     if args.python_version:
@@ -133,8 +134,8 @@ class _Watch:
         self.tail = "waiting for a builder"
 
     def poll(self, model: Model, mine: Version | None) -> None:
-        state = mine["state"] if mine else ""
-        if state == "building" or (mine is not None and state not in ("built", "serving", "failed")):
+        state = mine["state"] if mine else "building"  # not listed yet: its build is about to start
+        if state not in ("built", "serving", "retired", "failed"):
             now = time.monotonic()
             if now - self.last_look >= self.LOG_EVERY:
                 self.last_look = now

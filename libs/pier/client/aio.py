@@ -45,7 +45,7 @@ class AsyncClient(AsyncShell):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _once(self, call: Call[T], remaining: float | None = None) -> T:
+    async def _once(self, call: Call[T]) -> T:
         try:
             response = await self._http.request(
                 call.method,
@@ -53,7 +53,7 @@ class AsyncClient(AsyncShell):
                 headers=call.headers,
                 content=_async(call.chunks()) if call.progress else call.content,
                 params=call.params,
-                timeout=timeout(call, remaining),
+                timeout=timeout(call),
             )
         except NO_ANSWER as exc:
             raise unreachable(call, exc) from None
@@ -65,7 +65,7 @@ class AsyncClient(AsyncShell):
         attempts = call.retry.start()
         while True:
             try:
-                return await self._once(call, attempts.remaining())
+                return await self._once(call)
             except Exception as exc:
                 wait = attempts.wait_after(exc)
                 if wait is None:

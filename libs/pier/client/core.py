@@ -555,7 +555,8 @@ class Surface:
             call = Call(verb, f"{url}/{route.lstrip('/')}", headers, json.dumps(data or {}).encode())
         if call.content is not None:
             call.headers["Content-Type"] = "application/json"
-        return dataclasses.replace(call, retry=retry)
+        # No limit on reading the answer: the gateway ends a call at the model API's request_timeout (504).
+        return dataclasses.replace(call, retry=retry, timeout=None)
 
 
 class SyncShell(Surface):

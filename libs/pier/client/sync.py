@@ -39,7 +39,7 @@ class Client(SyncShell):
     def close(self) -> None:
         self._http.close()
 
-    def _once(self, call: Call[T], remaining: float | None = None) -> T:
+    def _once(self, call: Call[T]) -> T:
         try:
             response = self._http.request(
                 call.method,
@@ -47,7 +47,7 @@ class Client(SyncShell):
                 headers=call.headers,
                 content=call.chunks() if call.progress else call.content,
                 params=call.params,
-                timeout=timeout(call, remaining),
+                timeout=timeout(call),
             )
         except NO_ANSWER as exc:
             raise unreachable(call, exc) from None
@@ -59,7 +59,7 @@ class Client(SyncShell):
         attempts = call.retry.start()
         while True:
             try:
-                return self._once(call, attempts.remaining())
+                return self._once(call)
             except Exception as exc:
                 wait = attempts.wait_after(exc)
                 if wait is None:

@@ -18,6 +18,6 @@ def unreachable(call: Call[Any], exc: Exception) -> Unreachable:
     return Unreachable(call.url, exc)
 
 
-def timeout(call: Call[Any], remaining: float | None = None) -> httpx.Timeout:
-    seconds = call.timeout if remaining is None else min(call.timeout or remaining, remaining)
-    return httpx.Timeout(seconds, connect=min(10.0, seconds) if seconds else 10.0)
+def timeout(call: Call[Any]) -> httpx.Timeout:
+    """The call's own limit on reading its answer (None: none), and at most 10 s to connect."""
+    return httpx.Timeout(call.timeout, connect=min(10.0, call.timeout) if call.timeout else 10.0)
