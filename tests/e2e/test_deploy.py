@@ -25,6 +25,9 @@ async def test_deploy_then_call_with_data_and_parameters(platform: Platform) -> 
     done = pier(platform, "deploy", str(EXAMPLES / "hello"), "--name", "hello", "--instances", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "curl" in done.stdout and "/models/hello/latest/model" in done.stdout
+    # Not a terminal: no progress lines, only the plain ones (docs/cli.md, "Progress").
+    assert "\r" not in done.stdout + done.stderr and "\x1b" not in done.stdout + done.stderr
+    assert "hello: created; building version 1" in done.stdout and "instances ready" not in done.stderr
 
     # Restricted by default: a call needs one of its access tokens.
     refused = pier(platform, "call", "hello", "--data", '{"name": "Ada"}')
