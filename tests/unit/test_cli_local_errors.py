@@ -104,6 +104,14 @@ def test_a_path_that_is_not_a_folder_is_a_local_error(nowhere: dict[str, str], c
     _usage_error(_pier(nowhere, "deploy", str(code), "--source", "s", "--name", "m"), "give exactly one of")
 
 
+def test_a_bad_or_missing_flag_is_one_line_naming_it(nowhere: dict[str, str], code: Path) -> None:
+    _usage_error(
+        _pier(nowhere, "deploy", str(code)), "the following arguments are required: --name", "pier deploy --help"
+    )
+    _usage_error(_pier(nowhere, "tokens", "list"), "the following arguments are required: NAME")
+    _usage_error(_pier(nowhere, "settings", "m", "--access", "open"), "--access: invalid choice: 'open'")
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "problem"),
     [

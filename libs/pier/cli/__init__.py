@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 import argcomplete
 
@@ -57,8 +58,15 @@ EXAMPLES = """examples:
 exit codes: 0 done, 1 error answer from Pier, 2 usage, 3 Pier unreachable, 4 local file problem"""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag said on one line as every other error is (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="pier",
         description="Deploy and call model APIs.",
         epilog=EXAMPLES,
