@@ -96,7 +96,8 @@ async def deploy_to_first_200(platform: Platform, work: Path, label: str) -> flo
     deadline = started + 600
     while time.perf_counter() < deadline:
         try:
-            if abs(client.call(label, data={"x": 3.0})["result"] - 6.0) < 1e-6:
+            # One attempt each: this loop is the polling, and it times the first answer itself.
+            if abs(client.predict(label, data={"x": 3.0}, deadline=0)["result"] - 6.0) < 1e-6:
                 return time.perf_counter() - started
         except (ApiError, OSError):
             pass

@@ -54,11 +54,7 @@ async def test_a_team_shares_a_model_api_from_the_cli(platform: Platform, tmp_pa
     assert _pier(platform, bob_home, "login", "--token", bob_key).returncode == 0
     passwd = _pier(platform, ada_home, "users", "passwd", stdin="correct horse battery staple\n")
     assert passwd.returncode == 0 and "password of ada set" in passwd.stdout, passwd.stderr
-    session = Client(api_url=platform.settings.api_url)._request(
-        "POST",
-        f"{platform.settings.api_url}/v1/session",
-        json.dumps({"name": "ada", "password": "correct horse battery staple"}).encode(),
-    )
+    session = Client(api_url=platform.settings.api_url).sign_in("ada", "correct horse battery staple")
     assert session["user"] == "ada" and session["csrf_token"]
 
     assert _pier(platform, admin, "orgs", "create", "team").returncode == 0
@@ -80,7 +76,7 @@ async def test_a_team_shares_a_model_api_from_the_cli(platform: Platform, tmp_pa
 
     def bob_calls() -> dict[str, object] | None:
         try:
-            return gateway.call("shared", data={"name": "Bob"}, token=bob_key)
+            return gateway.predict("shared", data={"name": "Bob"}, token=bob_key)
         except ApiError:
             return None
 

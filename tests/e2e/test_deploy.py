@@ -25,6 +25,9 @@ async def test_deploy_then_call_with_data_and_parameters(platform: Platform) -> 
     done = pier(platform, "deploy", str(EXAMPLES / "hello"), "--name", "hello", "--instances", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "curl" in done.stdout and "/models/hello/latest/model" in done.stdout
+    # Not a terminal: no progress lines, only the plain ones (docs/cli.md, "Progress").
+    assert "\r" not in done.stdout + done.stderr and "\x1b" not in done.stdout + done.stderr
+    assert "hello: created; building version 1" in done.stdout and "instances ready" not in done.stderr
 
     # Restricted by default: a call needs one of its access tokens.
     refused = pier(platform, "call", "hello", "--data", '{"name": "Ada"}')
@@ -37,8 +40,8 @@ async def test_deploy_then_call_with_data_and_parameters(platform: Platform) -> 
     assert json.loads(called.stdout)["greeting"] == "Hello, Ada!"
 
     client = _client(platform)
-    first = client.call("hello", parameters=["Grace"], token=token)
-    second = client.call("hello", data={"name": "Linus"}, token=token)
+    first = client.predict("hello", parameters=["Grace"], token=token)
+    second = client.predict("hello", data={"name": "Linus"}, token=token)
     assert first["result"]["greeting"] == "Hello, Grace!"
     # The script was imported once: module-level state is the same across calls.
     assert first["result"]["loaded_at"] == second["result"]["loaded_at"]
@@ -48,7 +51,7 @@ async def test_deploy_then_call_with_data_and_parameters(platform: Platform) -> 
     assert model["state"] == "running" and model["latest"] == 1
     assert [i["state"] for i in model["running_instances"]] == ["ready"]
     assert model["id"] in [m["id"] for m in client.models()]
-    by_id = client.call(model["id"], data={}, token=token)
+    by_id = client.predict(model["id"], data={}, token=token)
     assert by_id["result"]["greeting"] == "Hello, world!"
 
 
@@ -61,7 +64,7 @@ async def test_a_second_deploy_makes_version_2_and_replaces_version_1(platform: 
     done = pier(platform, "deploy", str(code), "--name", "inc")
     assert done.returncode == 0, done.stdout + done.stderr
     client = _client(platform)
-    answer = client.call("inc", data={"x": 1})
+    answer = client.predict("inc", data={"x": 1})
     assert answer["result"] == 101 and answer["release"]["model_version_number"] == 2
     await until(lambda: [i["version"] for i in client.model("inc")["running_instances"]] == [2, 2], within=30)
 
@@ -91,7 +94,7 @@ async def test_kill_9_of_a_service_during_a_deploy_loses_nothing(platform: Platf
     await platform.wait_healthy()
     model = client.wait("sturdy", 1, timeout=120)
     assert model["state"] == "running", model
-    assert client.call("sturdy", data={"name": "again"})["result"]["greeting"] == "Hello, again!"
+    assert client.predict("sturdy", data={"name": "again"})["result"]["greeting"] == "Hello, again!"
     # Nothing built or started twice: two instances (the default), one image for the one version.
     assert len(model["running_instances"]) == 2
     images = list((platform.settings.artifacts / "images").iterdir())
@@ -115,7 +118,7 @@ async def test_model_apis_that_were_running_run_again_after_a_platform_restart(p
 
     def answers() -> bool:
         try:
-            return client.call("durable", data={"name": "back"})["result"]["greeting"] == "Hello, back!"
+            return client.predict("durable", data={"name": "back"})["result"]["greeting"] == "Hello, back!"
         except (ApiError, OSError):
             return False
 

@@ -60,7 +60,7 @@ async def _deploy_each(platform: Platform, deploys: dict[str, list[str]]) -> dic
 
 
 def _served(client: Client, name: str) -> tuple[Any, int]:
-    answer = client.call(name, data={})
+    answer = client.predict(name, data={})
     return answer["result"], answer["release"]["model_version_number"]
 
 
@@ -129,7 +129,7 @@ async def test_every_origin_deploys_a_new_model_api_and_a_new_version_through_th
     assert _post(f"{base}/predict", {"x": 2, "y": 1})["result"] == {"value": 5}
     assert _post(f"{base}/classify", {"text": "a great day", "threshold": 0.3})["result"]["positive"] is True
     with pytest.raises(ApiError) as domino:
-        client.call("routed", data={"x": 1})
+        client.predict("routed", data={"x": 1})
     message = domino.value.problem["error"]["message"]
     assert domino.value.status == 404
     assert "no /model endpoint" in message and "POST /classify" in message and "GET /stats" in message

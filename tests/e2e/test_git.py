@@ -61,7 +61,7 @@ async def test_deploy_from_a_git_tag_records_the_commit_and_a_later_push_needs_a
     # Created through the API to make it unrestricted; `pier deploy --git` makes version 2 below.
     client.create_model({"name": "fromgit", "git": url, "ref": "v1", "access": "unrestricted", **ENTRY})
     assert client.wait("fromgit", 1, timeout=180)["state"] == "running"
-    assert client.call("fromgit", data={})["result"] == 1
+    assert client.predict("fromgit", data={})["result"] == 1
     shown = json.loads(pier(platform, "show", "fromgit", "--json").stdout)
     assert shown["versions"][0]["commit"] == tagged and shown["versions"][0]["git"] == url
     listed = pier(platform, "versions", "fromgit")
@@ -70,11 +70,11 @@ async def test_deploy_from_a_git_tag_records_the_commit_and_a_later_push_needs_a
     (repo / "predict.py").write_text("def predict():\n    return 2\n")
     _git(repo, "commit", "-qam", "second")
     pushed = _git(repo, "rev-parse", "HEAD")
-    assert client.call("fromgit", data={})["result"] == 1  # a push alone changes nothing
+    assert client.predict("fromgit", data={})["result"] == 1  # a push alone changes nothing
 
     done = pier(platform, "deploy", "--git", url, "--name", "fromgit")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert client.call("fromgit", data={})["result"] == 2
+    assert client.predict("fromgit", data={})["result"] == 2
     versions = client.api("GET", "/models/fromgit/versions")
     assert [(v["number"], v["commit"]) for v in versions] == [(2, pushed), (1, tagged)]
 
@@ -120,7 +120,7 @@ async def test_a_named_source_deploys_to_two_model_apis(platform: Platform, tmp_
     for name in ("first", "second"):
         client.create_model({"name": name, "source_name": "shared", "access": "unrestricted", **ENTRY})
         assert client.wait(name, 1, timeout=180)["state"] == "running"
-        assert client.call(name, data={})["result"] == "shared"
+        assert client.predict(name, data={})["result"] == "shared"
     # And through the CLI, as a new version of one of them.
     done = pier(platform, "deploy", "--source", "shared", "--name", "first")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -155,4 +155,4 @@ async def test_files_a_modelignore_excludes_are_not_in_the_instances_working_dir
     client = _client(platform)
     client.create_model({"name": "ignoring", "source": client.upload_source(code), "access": "unrestricted", **ENTRY})
     assert client.wait("ignoring", 1, timeout=180)["state"] == "running"
-    assert client.call("ignoring", data={})["result"] == [".modelignore", "keep.txt", "predict.py"]
+    assert client.predict("ignoring", data={})["result"] == [".modelignore", "keep.txt", "predict.py"]

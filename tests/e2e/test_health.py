@@ -64,7 +64,7 @@ def _states(client: Client, name: str) -> dict[str, str]:
 
 
 def _answered_by(client: Client, name: str, **data: Any) -> dict[str, Any]:
-    return dict(client.call(name, data=data)["result"])
+    return dict(client.predict(name, data=data)["result"])
 
 
 def _in_deployment_log(client: Client, name: str, text: str) -> bool:
@@ -147,7 +147,7 @@ async def test_repeated_crashes_end_in_failed_with_the_reason(platform: Platform
     # From now on every run exits in its import; the running one is ended by a call.
     crash.touch()
     with contextlib.suppress(ApiError, OSError):  # the instance dies under the call: what it is for
-        client.call("crashy", data={"crash": True})
+        client.predict("crashy", data={"crash": True}, deadline=0)  # once: no retry
     await until(lambda: client.model("crashy")["state"] == "failed", within=60, every=0.2)
 
     shown = pier(platform, "show", "crashy")

@@ -126,11 +126,11 @@ async def test_domino_formats_map_json_types_and_return_the_envelope(platform: P
         },
     )
 
-    by_name = client.call("named", data={"x": 1, "y": 2, "z": 3})
-    by_position = client.call("named", parameters=[1, 2, 3])
+    by_name = client.predict("named", data={"x": 1, "y": 2, "z": 3})
+    by_position = client.predict("named", parameters=[1, 2, 3])
     assert by_name["result"] == by_position["result"] == {"sum": 6, "product": 6}
-    assert client.call("dict", parameters=[{"x": 2, "y": 4, "w": 1}])["result"] == {"score": 2.0, "ignored": ["w"]}
-    assert client.call("kwargs", data={"x": 1, "y": 2, "z": 3})["result"] == {
+    assert client.predict("dict", parameters=[{"x": 2, "y": 4, "w": 1}])["result"] == {"score": 2.0, "ignored": ["w"]}
+    assert client.predict("kwargs", data={"x": 1, "y": 2, "z": 3})["result"] == {
         "x": 1,
         "others": {"y": 2, "z": 3},
         "total": 6,
@@ -138,12 +138,12 @@ async def test_domino_formats_map_json_types_and_return_the_envelope(platform: P
 
     # JSON -> Python exactly as Domino documents it, and back unchanged.
     sent = {"o": {"a": [1]}, "a": [1, "b"], "s": "text", "i": 12345678901234567890, "r": 2.5, "t": True, "n": None}
-    typed = client.call("echo", data=sent)["result"]
+    typed = client.predict("echo", data=sent)["result"]
     assert {k: v[0] for k, v in typed.items()} == {
         "o": "dict", "a": "list", "s": "str", "i": "int", "r": "float", "t": "bool", "n": "NoneType"
     }  # fmt: skip
     assert {k: v[1] for k, v in typed.items()} == sent
-    assert client.call("echo", data={"r": 1.0})["result"]["r"] == ["float", 1.0]
+    assert client.predict("echo", data={"r": 1.0})["result"]["r"] == ["float", 1.0]
 
     # The envelope: result, request_id, model_time_in_ms and the release that answered.
     envelope = by_name
@@ -157,7 +157,7 @@ async def test_domino_formats_map_json_types_and_return_the_envelope(platform: P
     assert answer.status == 200 and answer.body["request_id"] == "mine-1"
 
     # What Domino's own example sends: Basic auth with the token as user name and password.
-    assert client.call("named", data={"x": 1, "y": 1}, token="some-token")["result"]["sum"] == 2
+    assert client.predict("named", data={"x": 1, "y": 1}, token="some-token")["result"]["sum"] == 2
     bearer = await _call(
         f"{platform.settings.gateway_url}/models/named/latest/model", {"parameters": [1, 1]},
         headers={"Authorization": "Bearer some-token"},
@@ -165,12 +165,12 @@ async def test_domino_formats_map_json_types_and_return_the_envelope(platform: P
     assert bearer.status == 200, bearer.body
 
     # The working directory is the model's code, and PIER_WORKING_DIR names it.
-    where = client.call("where", data={})["result"]
+    where = client.predict("where", data={})["result"]
     assert where["cwd"] == where["env"] and where["asset"] == "read by a relative path"
     assert (Path(where["cwd"]) / "predict.py").is_file()
 
-    assert client.call("later", data={"n": 21})["result"] == {"awaited": 42}  # an async function, awaited
-    assert client.call(models["named"]["id"], parameters=[1, 1])["result"]["sum"] == 2
+    assert client.predict("later", data={"n": 21})["result"] == {"awaited": 42}  # an async function, awaited
+    assert client.predict(models["named"]["id"], parameters=[1, 1])["result"]["sum"] == 2
 
 
 async def _log_lines(settings: Settings, model_id: str, want: str) -> list[str]:
@@ -228,7 +228,7 @@ async def test_call_errors_answer_with_their_status_and_the_instance_keeps_servi
     assert raised.status == 500
     assert raised.body["error"] == {"type": "ValueError", "message": "no such kind: raise"}
     assert raised.body["request_id"] == "boom-1"
-    assert client.call("faulty", data={"kind": "ok"})["result"] == "fine"  # still serving
+    assert client.predict("faulty", data={"kind": "ok"})["result"] == "fine"  # still serving
     log = _instance_log(platform, models["faulty"])
     assert "Traceback (most recent call last)" in log and "ValueError: no such kind: raise" in log
     assert "request boom-1" in log
@@ -263,7 +263,7 @@ async def test_call_errors_answer_with_their_status_and_the_instance_keeps_servi
     assert big.status == 413 and big.body["error"]["type"] == "TooLarge"
 
     # Through all of that, the instances kept answering.
-    assert client.call("named", parameters=[1, 2, 3])["result"]["sum"] == 6
+    assert client.predict("named", parameters=[1, 2, 3])["result"]["sum"] == 6
     assert [i["state"] for i in client.model("faulty")["running_instances"]] == ["ready"]  # never restarted
 
 
@@ -289,7 +289,7 @@ async def test_routes_check_templates_at_the_gateway_and_pass_arguments(platform
     query = await _call(f"{base}/stats?top=1", method="GET")
     assert query.status == 200 and len(query.body["result"]["top"]) == 1
     # Routes in different files share the instance's loaded modules: text.py sees predict.py's state.
-    domino = client.call("routes", data={"x": 1})
+    domino = client.predict("routes", data={"x": 1})
     assert domino["result"] == {"value": 2}
     assert (await _call(f"{base}/stats", method="GET")).body["result"]["calls"] == 3
     assert (await _call(f"{base}/ping", method="GET")).status == 200

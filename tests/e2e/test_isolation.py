@@ -143,7 +143,7 @@ async def test_model_code_finds_every_door_out_of_its_instance_closed(platform: 
         "postgres as its superuser": ("postgres", str(urlparse(platform.settings.database_url).port)),
         "nats without credentials": ("nats", str(urlparse(platform.settings.nats_url).port)),
     }
-    outcome = _client(platform).call("trier", data={"doors": doors})["result"]
+    outcome = _client(platform).predict("trier", data={"doors": doors})["result"]
     uid, gid, groups, work_home = outcome.pop("whoami")
 
     harness = outcome.pop("other harness without the secret")

@@ -65,6 +65,6 @@ async def test_promote_in_basic_mode_is_refused_with_the_reason(platform: Platfo
 
 def _call(client: Client, label: str | None) -> str:
     try:
-        return str(client.call("staged", data={}, label=label)["result"])
+        return str(client.predict("staged", data={}, label=label or "latest")["result"])
     except ApiError as exc:
         return f"HTTP {exc.status}"

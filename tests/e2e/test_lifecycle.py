@@ -60,7 +60,7 @@ def _usage(client: Client, name: str) -> dict[str, Any]:
 def _files(client: Client, name: str, **data: Any) -> list[str] | None:
     """What the model's working dir holds, or None while no instance answers yet."""
     try:
-        return list(client.call(name, data=data)["result"]["files"])
+        return list(client.predict(name, data=data)["result"]["files"])
     except (ApiError, OSError):
         return None
 
@@ -73,7 +73,7 @@ async def test_a_model_api_that_does_not_fit_waits_in_line_and_starts_when_gpus_
     first = pier(platform, "deploy", code, "--name", "first", *GPU_FLAGS)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "is serving" in first.stdout
-    answer = client.call("first", data={})["result"]
+    answer = client.predict("first", data={})["result"]
     assert sorted(answer["cuda"].split(",")) == ["0", "1"]
 
     # The review says a second one would wait, and why.
@@ -101,7 +101,7 @@ async def test_a_model_api_that_does_not_fit_waits_in_line_and_starts_when_gpus_
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     await until(lambda: _state(client, "second") == "running", within=60, every=0.2)
     await until(lambda: _state(client, "first") == "stopped", within=30, every=0.2)
-    assert sorted(client.call("second", data={})["result"]["cuda"].split(",")) == ["0", "1"]
+    assert sorted(client.predict("second", data={})["result"]["cuda"].split(",")) == ["0", "1"]
 
     # Usage: the stopped one's stays where it was while the running one's grows.
     await until(lambda: _usage(client, "first")["running_instances"] == 0, within=30, every=0.2)
@@ -136,7 +136,7 @@ async def test_restart_gives_clean_working_dirs_from_the_same_image_and_keeps_th
     model = client.model("scratch")
     assert [v["number"] for v in model["versions"]] == [1]  # no new build
     # It kept its GPUs: the one waiting in line still waits.
-    assert sorted(client.call("scratch", data={})["result"]["cuda"].split(",")) == ["0", "1"]
+    assert sorted(client.predict("scratch", data={})["result"]["cuda"].split(",")) == ["0", "1"]
     assert _state(client, "waiter") == "waiting"
 
     # Stopped, its GPUs go to the one waiting; restarted then, it is placed again and waits its turn.

@@ -77,7 +77,7 @@ async def test_pier_logs_prints_instance_build_and_deployment_logs_newest_first(
 ) -> None:
     client = _deploy(platform, tmp_path, "chatty")
     for n in (1, 2, 3):
-        assert client.call("chatty", data={"n": n})["result"] == n
+        assert client.predict("chatty", data={"n": n})["result"] == n
     await until(lambda: _calls_logged(client, "chatty", 1, 2, 3), within=30, every=0.1)
 
     calls = [
@@ -105,7 +105,7 @@ async def test_pier_logs_prints_instance_build_and_deployment_logs_newest_first(
 
 async def test_a_follower_sees_a_new_line_within_a_second(platform: Platform, tmp_path: Path) -> None:
     client = _deploy(platform, tmp_path, "live")
-    client.call("live", data={"n": 1})
+    client.predict("live", data={"n": 1})
     await until(lambda: _calls_logged(client, "live", 1), within=30, every=0.1)
 
     follower, printed = follow(platform, "logs", "live", "-f")
@@ -119,7 +119,7 @@ async def test_a_follower_sees_a_new_line_within_a_second(platform: Platform, tm
 
     try:
         next_line_with("call 1", within=30)  # the backlog: the follower is connected
-        client.call("live", data={"n": 2})
+        client.predict("live", data={"n": 2})
         assert next_line_with("call 2", within=1.0).rstrip().endswith("call 2")
     finally:
         follower.terminate()
@@ -128,7 +128,7 @@ async def test_a_follower_sees_a_new_line_within_a_second(platform: Platform, tm
 
 async def test_logs_survive_a_restart_of_every_service(platform: Platform, tmp_path: Path) -> None:
     client = _deploy(platform, tmp_path, "kept")
-    client.call("kept", data={"n": 7})
+    client.predict("kept", data={"n": 7})
     await until(lambda: _calls_logged(client, "kept", 7), within=30, every=0.1)
     before = {kind: _printed(platform, "kept", f"--{kind}") for kind in ("build", "deployment")}
 
@@ -138,7 +138,7 @@ async def test_logs_survive_a_restart_of_every_service(platform: Platform, tmp_p
 
     def answers() -> bool:
         try:
-            return bool(client.call("kept", data={"n": 8})["result"] == 8)
+            return bool(client.predict("kept", data={"n": 8})["result"] == 8)
         except (ApiError, OSError):
             return False
 

@@ -151,7 +151,7 @@ class MakeUp:
 
     def answers(self) -> bool:
         try:
-            return self.client().call("hello", data={"name": "Ada"})["result"]["greeting"] == "Hello, Ada!"
+            return self.client().predict("hello", data={"name": "Ada"})["result"]["greeting"] == "Hello, Ada!"
         except (ApiError, OSError):
             return False
 

@@ -22,13 +22,13 @@ async def test_token_lifecycle_from_create_to_revoke(platform: Platform) -> None
     client = _client(platform)
     assert client.model("vault")["access"] == "restricted"
     with pytest.raises(ApiError) as refused:
-        client.call("vault", data={"name": "x"})
+        client.predict("vault", data={"name": "x"})
     assert refused.value.status == 401
 
     created = pier(platform, "tokens", "create", "vault", "--name", "ci")
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip().splitlines()[-1]
-    assert client.call("vault", data={"name": "Ada"}, token=secret)["result"]["greeting"] == "Hello, Ada!"
+    assert client.predict("vault", data={"name": "Ada"}, token=secret)["result"]["greeting"] == "Hello, Ada!"
 
     listed = pier(platform, "tokens", "list", "vault", "--json")
     tokens = json.loads(listed.stdout)
@@ -42,7 +42,7 @@ async def test_token_lifecycle_from_create_to_revoke(platform: Platform) -> None
 
     def refused_now() -> bool:
         try:
-            client.call("vault", data={}, token=secret)
+            client.predict("vault", data={}, token=secret)
         except ApiError as exc:
             return exc.status == 401
         return False
@@ -58,7 +58,7 @@ async def test_settings_change_makes_a_model_api_unrestricted(platform: Platform
 
     def open_now() -> bool:
         try:
-            return bool(client.call("opened", data={"name": "all"})["result"])
+            return bool(client.predict("opened", data={"name": "all"})["result"])
         except ApiError:
             return False
 

@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from pier.cli.command import add, json_flag, printed_json
 from pier.cli.deploy import add_resource_flags, resource_spec
 from pier.client import Client
 
+MODEL = "/v1/models/{ref}"
+
 
 def cmd_stop(client: Client, args: argparse.Namespace) -> int:
-    model = client.api("POST", f"/models/{args.name}/stop", {})
+    model = client.stop(args.name)
     print(f"{model['name']}: {model['state']} (its GPUs are freed and billing stops once stopped)")
     return 0
 
 
 def cmd_restart(client: Client, args: argparse.Namespace) -> int:
-    model = client.api("POST", f"/models/{args.name}/restart", {})
+    model = client.restart(args.name)
     print(f"{model['name']}: {model['state']} (same image, clean working directories)")
     return 0
 
 
 def cmd_terminate(client: Client, args: argparse.Namespace) -> int:
-    model = client.api("DELETE", f"/models/{args.name}")
+    model = client.terminate(args.name)
     print(f"{model['name']}: terminated; its working directories are removed and the name is free")
     return 0
 
 
 def cmd_gpus(client: Client, args: argparse.Namespace) -> int:
-    inventory = client.api("GET", "/gpus")
-    if args.json:
-        print(json.dumps(inventory, indent=2))
+    inventory = client.gpus()
+    if printed_json(args, inventory):
         return 0
     kind = " (simulated: declared in PIER_GPUS, no real GPU behind them)" if inventory["simulated"] else ""
     print(f"GPUs{kind}")
@@ -44,10 +45,9 @@ def cmd_gpus(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(client: Client, args: argparse.Namespace) -> int:
-    plan = client.api("POST", "/plan", resource_spec(args))
-    if args.json:
-        print(json.dumps(plan, indent=2))
-        return 0
+    plan = client.plan(resource_spec(args))
+    if printed_json(args, plan):
+        return 1 if plan["decision"] == "never" else 0
     ask = f"{plan['instances']} instance(s)"
     if plan["gpu_count"]:
         simulated = " simulated" if plan["simulated"] else ""
@@ -66,20 +66,41 @@ def cmd_plan(client: Client, args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    for name, func, text in (
-        ("stop", cmd_stop, "stop a model API: instances stop, GPUs are freed, billing stops"),
-        ("restart", cmd_restart, "restart a model API from the same image, with clean working directories"),
-        ("terminate", cmd_terminate, "terminate a model API: its data is purged and its name is free again"),
+    for name, func, text, route in (
+        ("stop", cmd_stop, "stop a model API: instances stop, GPUs are freed, billing stops", "POST {m}/stop"),
+        (
+            "restart",
+            cmd_restart,
+            "restart a model API from the same image, with clean working directories",
+            "POST {m}/restart",
+        ),
+        (
+            "terminate",
+            cmd_terminate,
+            "terminate a model API: its data is purged and its name is free again",
+            "DELETE {m}",
+        ),
     ):
-        p = sub.add_parser(name, help=text)
+        p = add(sub, name, func, text, [f"pier {name} hello"], (route.format(m=MODEL),))
         p.add_argument("name")
-        p.set_defaults(func=func)
 
-    g = sub.add_parser("gpus", help="GPU types: total, free, and asked for by waiting model APIs")
-    g.add_argument("--json", action="store_true")
-    g.set_defaults(func=cmd_gpus)
+    g = add(
+        sub,
+        "gpus",
+        cmd_gpus,
+        "GPU types: total, free, and asked for by waiting model APIs",
+        ["pier gpus", "pier gpus --json"],
+        ("GET /v1/gpus",),
+    )
+    json_flag(g)
 
-    p = sub.add_parser("plan", help="review a deploy: would it start now or wait, and why")
+    p = add(
+        sub,
+        "plan",
+        cmd_plan,
+        "review a deploy: would it start now or wait, and why (exit 1 when it can never start)",
+        ["pier plan --instances 2 --gpu-type a100 --gpu-count 1", "pier plan --gpu-type h100 --gpu-count 8 --json"],
+        ("POST /v1/plan",),
+    )
     add_resource_flags(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_plan)
+    json_flag(p)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from pier.cli import usage
-from pier.cli.usage import UsageError
+from pier.cli import progress, usage
+from pier.cli.command import add
+from pier.cli.progress import Progress
+from pier.cli.usage import LocalError, UsageError
 from pier.client import Client, Unreachable
+from pier.client.answers import Model, Version
 
 
-def _example_curl(client: Client, model: dict[str, Any]) -> str:
+def _example_curl(client: Client, model: Model) -> str:
     url = f"{client.gateway_url}/models/{model['name']}/latest/model"
     auth = ' -H "Authorization: Bearer $TOKEN"' if model.get("access") == "restricted" else ""
     return f"curl -s -X POST {shlex.quote(url)}{auth} -H 'Content-Type: application/json' -d '{{\"data\": {{}}}}'"
@@ -25,6 +29,14 @@ ROUTES_FILE = "routes.yaml"  # a folder's routes, used when --routes is not give
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
+    shown = Progress()
+    try:
+        return _deploy(client, args, shown)
+    finally:
+        shown.end()
+
+
+def _deploy(client: Client, args: argparse.Namespace, shown: Progress) -> int:
     origins = [o for o in (args.path, args.git, args.source) if o]
     if len(origins) != 1:
         raise UsageError("give exactly one of: a folder (PATH), --git URL, --source NAME")
@@ -41,7 +53,8 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
         code["source_name"] = args.source
     elif folder is not None:
         print(f"packing {folder} ...", flush=True)
-        code["source"] = upload(client, folder)
+        code["source"] = upload(client, folder, shown=shown)
+        shown.end()  # the upload's line stays as it is, above what follows
     if args.environment:
         code["environment"] = args.environment
     if args.python_version:
@@ -69,11 +82,16 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
         version = 1
         print(f"{args.name}: created; building version 1", flush=True)
 
-    def progress(model: dict[str, Any], mine: dict[str, Any] | None) -> None:
-        detail = f", version {version} {mine['state']}" if mine else ""
-        print(f"  {model['state']}{detail}", flush=True)
+    def changed(model: Model, mine: Version | None) -> None:
+        if not shown.live:  # on a terminal the progress line says it
+            detail = f", version {version} {mine['state']}" if mine else ""
+            print(f"  {model['state']}{detail}", flush=True)
 
-    model = client.wait(args.name, version, timeout=args.wait, on_change=progress)
+    watch = _Watch(client, args.name, version, shown)
+    model = client.wait(
+        args.name, version, timeout=args.wait, on_change=changed, on_poll=watch.poll if shown.live else None
+    )
+    shown.end()
     mine = next(v for v in model["versions"] if v["number"] == version)
     if mine["state"] == "failed" or model["state"] == "failed":
         print(f"deploy failed: {mine['reason'] or model['reason']}", file=sys.stderr)
@@ -104,14 +122,50 @@ def _entry(args: argparse.Namespace, routes: list[dict[str, Any]]) -> dict[str, 
     return {"file": args.file or DEFAULT_FILE, "function": args.function or DEFAULT_FUNCTION}
 
 
-def upload(client: Client, folder: Path, name: str | None = None) -> str:
+class _Watch:
+    """The progress line of a deploy while it waits: the build's newest log line, the place in
+    line for GPUs, then the instances ready of those asked for."""
+
+    LOG_EVERY = 1.0  # seconds between two looks at the build log
+
+    def __init__(self, client: Client, name: str, version: int, shown: Progress) -> None:
+        self.client, self.name, self.version, self.shown = client, name, version, shown
+        self.last_look = 0.0
+        self.tail = "waiting for a builder"
+
+    def poll(self, model: Model, mine: Version | None) -> None:
+        state = mine["state"] if mine else "building"  # not listed yet: its build is about to start
+        if state not in ("built", "serving", "retired", "failed"):
+            now = time.monotonic()
+            if now - self.last_look >= self.LOG_EVERY:
+                self.last_look = now
+                lines = self.client.logs(self.name, kind="build", version=self.version, limit=1)["lines"]
+                self.tail = lines[0]["line"].strip() if lines else self.tail
+            self.shown.show("build", self.tail)
+        elif model["state"] == "waiting":
+            place = model.get("queue_position")
+            self.shown.show("queue", f"place {place} in line for {model.get('gpu_type')} GPUs ({model['reason']})")
+        elif state != "failed":
+            ready = sum(1 for i in model["running_instances"] if i["version"] == self.version and i["state"] == "ready")
+            self.shown.show("start", f"{ready}/{model['instances']} instances ready")
+
+
+def upload(client: Client, folder: Path, name: str | None = None, shown: Progress | None = None) -> str:
     """Upload a folder as a source; a file in it that cannot be read is the user's to fix, not Pier's."""
+    bar = shown or Progress()
+
+    def sent(done: int, total: int) -> None:
+        bar.show("upload", progress.bar(done, total))
+
     try:
-        return client.upload_source(folder, name=name)
+        return client.upload_source(folder, name=name, progress=sent if bar.live else None)
     except Unreachable:
         raise
     except OSError as exc:
-        raise UsageError(f"{folder}: cannot pack {exc.filename or ''}: {exc.strerror or exc}") from None
+        raise LocalError(f"{folder}: cannot pack {exc.filename or ''}: {exc.strerror or exc}") from None
+    finally:
+        if shown is None:  # the bar is this upload's own
+            bar.end()
 
 
 def add_resource_flags(p: Any) -> None:
@@ -141,7 +195,26 @@ def add_health_flags(p: Any) -> None:
 
 
 def register(sub: Any) -> None:
-    d = sub.add_parser("deploy", help="deploy a folder, a named source or a git ref as a model API (or a new version)")
+    d = add(
+        sub,
+        "deploy",
+        cmd_deploy,
+        "deploy a folder, a named source or a git ref as a model API (or a new version of one)",
+        [
+            "pier deploy examples/hello --name hello --unrestricted",
+            "pier deploy examples/routes --name routes              # serves examples/routes/routes.yaml",
+            "pier deploy --git https://github.com/org/repo --ref v1.2 --name repo --gpu-type a100 --gpu-count 1",
+            "pier deploy --source hello-src --name hello-2 --instances 4 --workers 2",
+        ],
+        (
+            "POST /v1/sources",
+            "GET /v1/models/{ref}",
+            "POST /v1/models",
+            "POST /v1/models/{ref}/versions",
+            "PATCH /v1/models/{ref}",
+            "GET /v1/models/{ref}/logs",
+        ),
+    )
     d.add_argument("path", nargs="?", help="a folder to upload (or give --git or --source)")
     d.add_argument("--git", help="a git repository URL, fetched at build time")
     d.add_argument("--ref", help="with --git: a branch, tag or commit (default: the remote's default branch)")
@@ -173,4 +246,3 @@ def register(sub: Any) -> None:
     )
     add_health_flags(d)
     d.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the deploy (default 600)")
-    d.set_defaults(func=cmd_deploy)

@@ -9,13 +9,15 @@ import json
 import time
 from typing import Any
 
+from pier.cli.command import add
 from pier.cli.usage import UsageError
 from pier.client import Client
+from pier.client.answers import Event
 
 
-def _show(event: dict[str, Any]) -> str:
+def _show(event: Event) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(event["at"]))
-    model = event["model"]["name"] if event.get("model") else "-"
+    model = event["model"]["name"] if event["model"] else "-"
     parts = [f"{stamp} #{event['id']} {event['actor']} {event['action']} {model}"]
     parts += [f"{k}={json.dumps(v)}" for k, v in event.get("fields", {}).items()]
     before, after = event.get("before", {}), event.get("after", {})
@@ -26,7 +28,7 @@ def _show(event: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _print(event: dict[str, Any], as_json: bool) -> None:
+def _print(event: Event, as_json: bool) -> None:
     print(json.dumps(event) if as_json else _show(event), flush=True)
 
 
@@ -48,10 +50,16 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    ev = sub.add_parser("events", help="a model API's audit events: who changed what, newest first")
+    ev = add(
+        sub,
+        "events",
+        cmd_events,
+        "a model API's audit events: who changed what, newest first",
+        ["pier events hello", "pier events hello -f --json", "pier events --all --limit 50"],
+        ("GET /v1/events",),
+    )
     ev.add_argument("name", nargs="?")
     ev.add_argument("--all", action="store_true", help="every model API's events, and the rest (admins only)")
     ev.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they happen")
-    ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    ev.add_argument("--json", action="store_true", help="one JSON object per line, as the API gives them")
     ev.add_argument("--limit", type=int, default=20, help="how many of the newest events (default 20)")
-    ev.set_defaults(func=cmd_events)

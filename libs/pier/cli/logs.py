@@ -5,13 +5,16 @@ With `-f` the lines come as a stream does: the recent ones oldest first, then ea
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
+from pier.cli.command import add
 from pier.client import Client
+from pier.client.answers import LogLine
 
 
-def _show(line: dict[str, Any]) -> str:
+def _show(line: LogLine) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(line["at"]))
     who = line.get("instance_id") or (f"v{line['version']}" if line.get("version") else "")
     return f"{stamp} {who} {line['line']}" if who else f"{stamp} {line['line']}"
@@ -23,18 +26,30 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     if args.follow:
         try:
             for line in client.follow_logs(args.name, **query):
-                print(_show(line), flush=True)
+                print(json.dumps(line) if args.json else _show(line), flush=True)
         except KeyboardInterrupt:
             pass
         return 0
     page = client.logs(args.name, **query)
     for line in page["lines"]:
-        print(_show(line))
+        print(json.dumps(line) if args.json else _show(line))
     return 0
 
 
 def register(sub: Any) -> None:
-    lg = sub.add_parser("logs", help="show a model API's instance, build or deployment logs")
+    lg = add(
+        sub,
+        "logs",
+        cmd_logs,
+        "show a model API's instance, build or deployment logs, newest first",
+        [
+            "pier logs hello",
+            "pier logs hello --build --version 2",
+            "pier logs hello -f",
+            "pier logs hello --json | jq .line",
+        ],
+        ("GET /v1/models/{ref}/logs",),
+    )
     lg.add_argument("name")
     which = lg.add_mutually_exclusive_group()
     which.add_argument("--build", action="store_true", help="the build logs")
@@ -43,4 +58,4 @@ def register(sub: Any) -> None:
     lg.add_argument("--version", type=int)
     lg.add_argument("--instance")
     lg.add_argument("--limit", type=int, default=100, help="how many of the newest lines (default 100)")
-    lg.set_defaults(func=cmd_logs)
+    lg.add_argument("--json", action="store_true", help="one JSON object per line, as the API gives them")

@@ -1,15 +1,20 @@
-"""`pier sources push/list` and `pier git-credentials add/list`: code a model API can be deployed from."""
+"""`pier sources push/list/show` and `pier git-credentials add/list`: code a model API can be deployed from."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from pier.cli import usage
+from pier.cli.command import add, group, json_flag, printed_json
 from pier.cli.deploy import upload
 from pier.client import Client
+from pier.client.answers import NamedSource
+
+
+def _line(s: NamedSource) -> str:
+    return f"{s['name']:<30} {s['digest'][:12]}  {s['size']:>10} bytes  {s['updated_at']}"
 
 
 def cmd_push(client: Client, args: argparse.Namespace) -> int:
@@ -19,54 +24,101 @@ def cmd_push(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    named = client.api("GET", "/sources")
-    if args.json:
-        print(json.dumps(named, indent=2))
+    named = client.sources()
+    if printed_json(args, named):
         return 0
     for s in named:
-        print(f"{s['name']:<30} {s['digest'][:12]}  {s['size']:>10} bytes  {s['updated_at']}")
+        print(_line(s))
+    return 0
+
+
+def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    found = client.source(args.name)
+    if printed_json(args, found):
+        return 0
+    print(f"{_line(found)}  by {found['created_by']}")
     return 0
 
 
 def cmd_credential_add(client: Client, args: argparse.Namespace) -> int:
     # Read from a file or stdin, never from the command line, where `ps` and shell history keep it.
     secret = usage.read_text(args.from_file, "--from-file") if args.from_file else sys.stdin.read()
-    body: dict[str, Any] = {"name": args.name}
     if args.ssh_key:
-        body["ssh_key"] = secret
+        client.add_git_credential(args.name, ssh_key=secret)
     else:
-        body["token"] = secret.strip()
-        if args.username:
-            body["username"] = args.username
-    client.api("POST", "/git-credentials", body)
+        client.add_git_credential(args.name, token=secret.strip(), username=args.username)
     print(f"git credential {args.name} registered")
     return 0
 
 
 def cmd_credential_list(client: Client, args: argparse.Namespace) -> int:
-    for c in client.api("GET", "/git-credentials"):
+    found = client.git_credentials()
+    if printed_json(args, found):
+        return 0
+    for c in found:
         print(c["name"])
     return 0
 
 
 def register(sub: Any) -> None:
-    s = sub.add_parser("sources", help="named sources: upload once, deploy to many model APIs")
-    ssub = s.add_subparsers(dest="sources_command", required=True)
-    push = ssub.add_parser("push", help="upload a folder as a named source")
+    _, ssub = group(
+        sub,
+        "sources",
+        "named sources: upload once, deploy to many model APIs",
+        ["pier sources push examples/hello --name hello-src", "pier deploy --source hello-src --name hello"],
+        "sources_command",
+    )
+    push = add(
+        ssub,
+        "push",
+        cmd_push,
+        "upload a folder as a named source",
+        ["pier sources push examples/hello --name hello-src"],
+        ("POST /v1/sources",),
+    )
     push.add_argument("path")
     push.add_argument("--name", required=True)
-    push.set_defaults(func=cmd_push)
-    ls = ssub.add_parser("list", help="list named sources")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=cmd_list)
+    ls = add(ssub, "list", cmd_list, "list named sources", ["pier sources list --json"], ("GET /v1/sources",))
+    json_flag(ls)
+    show = add(
+        ssub,
+        "show",
+        cmd_show,
+        "show a named source: its digest, size and who pushed it",
+        ["pier sources show hello-src"],
+        ("GET /v1/sources/{name}",),
+    )
+    show.add_argument("name")
+    json_flag(show)
 
-    g = sub.add_parser("git-credentials", help="credentials for private git repositories, used by name")
-    gsub = g.add_subparsers(dest="git_credentials_command", required=True)
-    add = gsub.add_parser("add", help="register a token (default) or an ssh deploy key, read from stdin or a file")
-    add.add_argument("name")
-    add.add_argument("--ssh-key", action="store_true", help="the secret is an ssh private key")
-    add.add_argument("--username", help="the user name sent with an https token")
-    add.add_argument("--from-file", help="read the secret from this file instead of stdin")
-    add.set_defaults(func=cmd_credential_add)
-    gl = gsub.add_parser("list", help="list credential names")
-    gl.set_defaults(func=cmd_credential_list)
+    _, gsub = group(
+        sub,
+        "git-credentials",
+        "credentials for private git repositories, used by name",
+        ["pier git-credentials add gh --from-file token.txt", "pier deploy --git URL --git-credential gh --name x"],
+        "git_credentials_command",
+    )
+    a = add(
+        gsub,
+        "add",
+        cmd_credential_add,
+        "register a token (default) or an ssh deploy key, read from stdin or a file (admin)",
+        [
+            "pier git-credentials add gh --username x-access-token < token.txt",
+            "pier git-credentials add deploy --ssh-key --from-file id_ed25519",
+        ],
+        ("POST /v1/git-credentials",),
+    )
+    a.add_argument("name")
+    a.add_argument("--ssh-key", action="store_true", help="the secret is an ssh private key")
+    a.add_argument("--username", help="the user name sent with an https token")
+    a.add_argument("--from-file", help="read the secret from this file instead of stdin")
+    gl = add(
+        gsub,
+        "list",
+        cmd_credential_list,
+        "list credential names",
+        ["pier git-credentials list"],
+        ("GET /v1/git-credentials",),
+    )
+    json_flag(gl)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from pier.cli.command import add, group, json_flag, printed_json
 from pier.client import Client
+
+MODEL = "/v1/models/{ref}"
 
 
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
@@ -18,8 +20,7 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     tokens = client.tokens(args.model)
-    if args.json:
-        print(json.dumps(tokens, indent=2))
+    if printed_json(args, tokens):
         return 0
     print(f"{'ID':<14} {'NAME':<24} {'CREATOR':<12} {'CREATED':<26} LAST USED")
     for t in tokens:
@@ -40,23 +41,52 @@ def cmd_promote(client: Client, args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    t = sub.add_parser("tokens", help="access tokens of a restricted model API")
-    tsub = t.add_subparsers(dest="tokens_command", required=True)
-    c = tsub.add_parser("create", help="create a token; the secret is printed once, as the last line")
+    _, tsub = group(
+        sub,
+        "tokens",
+        "access tokens of a restricted model API",
+        ["pier tokens create hello --name ci", "pier tokens list hello", "pier tokens revoke hello TOKEN_ID"],
+        "tokens_command",
+    )
+    c = add(
+        tsub,
+        "create",
+        cmd_create,
+        "create a token; the secret is printed once, as the last line",
+        ["pier tokens create hello --name ci | tail -n 1"],
+        (f"POST {MODEL}/tokens",),
+    )
     c.add_argument("model", metavar="NAME")
     c.add_argument("--name", required=True, help="a label for the token, e.g. who uses it")
-    c.set_defaults(func=cmd_create)
-    ls = tsub.add_parser("list", help="list tokens (never their secrets)")
+    ls = add(
+        tsub,
+        "list",
+        cmd_list,
+        "list tokens (never their secrets)",
+        ["pier tokens list hello --json"],
+        (f"GET {MODEL}/tokens",),
+    )
     ls.add_argument("model", metavar="NAME")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=cmd_list)
-    r = tsub.add_parser("revoke", help="revoke a token: every gateway refuses it within a second")
+    json_flag(ls)
+    r = add(
+        tsub,
+        "revoke",
+        cmd_revoke,
+        "revoke a token: every gateway refuses it within a second",
+        ["pier tokens revoke hello pier_0123456789ab"],
+        (f"DELETE {MODEL}/tokens/{{token_id}}",),
+    )
     r.add_argument("model", metavar="NAME")
     r.add_argument("token_id", metavar="TOKEN_ID")
-    r.set_defaults(func=cmd_revoke)
 
-    p = sub.add_parser("promote", help="point a label (default prod) at a version (routing mode advanced)")
+    p = add(
+        sub,
+        "promote",
+        cmd_promote,
+        "point a label (default prod) at a version (routing mode advanced)",
+        ["pier promote hello 2", "pier promote hello 3 --label canary"],
+        (f"PUT {MODEL}/labels/{{label}}",),
+    )
     p.add_argument("model", metavar="NAME")
     p.add_argument("version", metavar="VERSION", type=int)
     p.add_argument("--label", default="prod")
-    p.set_defaults(func=cmd_promote)

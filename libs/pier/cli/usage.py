@@ -1,5 +1,7 @@
-"""Problems with what the user gave the CLI (a file, a folder, a flag's value), found before or
-without any call to Pier: reported as `error: ...` naming the file or flag, exit code 2."""
+"""Problems with what the user gave the CLI, found before or without any call to Pier, each
+reported as one `error: ...` line naming the flag or the file: a flag's value (UsageError, exit
+code 2, as argparse exits for a bad flag), or a file or folder that is missing, unreadable or
+malformed (LocalError, exit code 4)."""
 
 from __future__ import annotations
 
@@ -13,15 +15,19 @@ from pier.spec import Route
 
 
 class UsageError(Exception):
-    """Bad input to the CLI; the message names the file or flag and what is wrong with it."""
+    """A bad flag or value; the message names the flag and what is wrong with it."""
+
+
+class LocalError(Exception):
+    """A local file or folder the CLI cannot use; the message names it and what is wrong with it."""
 
 
 def folder(path: str) -> Path:
     found = Path(path)
     if not found.exists():
-        raise UsageError(f"{path}: no such folder")
+        raise LocalError(f"{path}: no such folder")
     if not found.is_dir():
-        raise UsageError(f"{path}: is not a folder")
+        raise LocalError(f"{path}: is not a folder")
     return found
 
 
@@ -29,13 +35,13 @@ def read_text(path: str | Path, what: str) -> str:
     try:
         return Path(path).read_text()
     except FileNotFoundError:
-        raise UsageError(f"{what} {path}: no such file") from None
+        raise LocalError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
-        raise UsageError(f"{what} {path}: is a folder, not a file") from None
+        raise LocalError(f"{what} {path}: is a folder, not a file") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{what} {path}: is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise LocalError(f"{what} {path}: is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise UsageError(f"{what} {path}: cannot be read: {exc.strerror or exc}") from None
+        raise LocalError(f"{what} {path}: cannot be read: {exc.strerror or exc}") from None
 
 
 # Deeper than any routes file needs; past it PyYAML's recursive composer would overflow the stack.
@@ -77,17 +83,17 @@ def load_routes(path: str | Path) -> list[dict[str, Any]]:
     except yaml.MarkedYAMLError as exc:  # the usual case: say where, without PyYAML's echo of the text
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise UsageError(f"routes file {path}: is not valid YAML: {where}{exc.problem}") from None
+        raise LocalError(f"routes file {path}: is not valid YAML: {where}{exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"routes file {path}: is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise LocalError(f"routes file {path}: is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(document, dict) or not isinstance(document.get("routes"), list):
-        raise UsageError(f"routes file {path}: expected a YAML document whose top-level key `routes` holds a list")
+        raise LocalError(f"routes file {path}: expected a YAML document whose top-level key `routes` holds a list")
     routes = document["routes"]
     try:
         msgspec.convert(routes, list[Route])
     except msgspec.ValidationError as exc:
         # msgspec says "... - at `$[0]`": point at the YAML key instead.
-        raise UsageError(f"routes file {path}: {str(exc).replace('`$', '`routes')}") from None
+        raise LocalError(f"routes file {path}: {str(exc).replace('`$', '`routes')}") from None
     return list(routes)
 
 
