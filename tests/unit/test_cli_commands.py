@@ -21,6 +21,9 @@ NOT_COMMANDS = {
     ("GET", "/metrics"): "Prometheus scrapes it",
     ("POST", "/v1/session"): "the dashboard's sign-in; the CLI signs in with an API key (`pier login`)",
     ("DELETE", "/v1/session"): "the dashboard's sign-out",
+    ("GET", "/"): "the dashboard's page",
+    ("GET", "/static/{name}"): "the dashboard's files",
+    ("POST", "/v1/models/{ref}/try"): "the dashboard's tester; `pier call` calls the gateway itself",
 }
 
 
