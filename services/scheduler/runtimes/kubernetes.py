@@ -217,15 +217,6 @@ class KubernetesRuntime:
     async def purge(self, instance_id: str) -> None:
         await self.stop(instance_id)
 
-    async def delete_model(self, model_id: str) -> None:
-        """Delete everything Pier made for a model API, found by its label (terminate's sweep)."""
-        selector = f"{MODEL_LABEL}={model_id}"
-        await self.apps.delete_collection_namespaced_deployment(self.namespace, label_selector=selector)
-        await self.core.delete_collection_namespaced_secret(self.namespace, label_selector=selector)
-        for service in (await self.core.list_namespaced_service(self.namespace, label_selector=selector)).items:
-            with contextlib.suppress(ApiException):
-                await self.core.delete_namespaced_service(service.metadata.name, self.namespace)
-
     # ---- objects ------------------------------------------------------------------------------------
 
     def _handle(self, name: str, secret: str) -> Handle:
