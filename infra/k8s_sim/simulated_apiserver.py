@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import copy
 import hashlib
 import itertools
@@ -108,6 +109,14 @@ def validate(obj: Obj) -> None:
         raise ApiError(400, "BadRequest", exc.message) from None
 
 
+def _store_secret(obj: Obj) -> None:
+    """What an API server does with a Secret's stringData: base64 it into data, keep no stringData."""
+    if obj.get("kind") == "Secret" and "stringData" in obj:
+        data = obj.setdefault("data", {})
+        for key, value in obj.pop("stringData").items():
+            data[key] = base64.b64encode(value.encode()).decode()
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -170,6 +179,7 @@ class SimulatedCluster:
         self.rv = 0
         self.changed = asyncio.Condition()
         self._names = itertools.count(1)
+        self._service_ips = itertools.count(0)
 
     # ---- reading ----------------------------------------------------------------------------------
 
@@ -223,6 +233,12 @@ class SimulatedCluster:
         if kind.kind == "Deployment":
             meta["generation"] = 1
             obj.setdefault("status", {})
+        if kind.kind == "Service" and obj.get("spec", {}).get("clusterIP") != "None":
+            # Loopback addresses of their own (all of 127/8 is local on Linux), which the simulated
+            # kubelet's proxy listens on, as kube-proxy makes a Service's cluster IP reach its pods.
+            n = next(self._service_ips)
+            obj["spec"]["clusterIP"] = f"127.78.{n // 250}.{n % 250 + 1}"
+            obj["spec"]["clusterIPs"] = [obj["spec"]["clusterIP"]]
         return await self._put(kind, key, obj, "ADDED")
 
     async def replace(self, kind: Kind, namespace: str, name: str, obj: Obj, *, status_only: bool = False) -> Obj:
@@ -277,6 +293,7 @@ class SimulatedCluster:
         return obj
 
     async def _put(self, kind: Kind, key: tuple[str, str, str], obj: Obj, what: str) -> Obj:
+        _store_secret(obj)
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         self.objects[key] = obj

@@ -98,6 +98,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     kube_namespace: str = "pier"
     kube_image: str = "pier-runtime:latest"
     kube_gpu_label: str = "nvidia.com/gpu.product"
+    # The volume claim holding PIER_HOME (the artifact store): pods' init containers fetch images from it.
+    kube_artifacts_claim: str = "pier-home"
     otel_exporter: str = ""
 
     @property

@@ -130,7 +130,14 @@ async def test_a_placed_version_is_a_deployment_service_and_secret_saying_what_t
             assert container[probe]["failureThreshold"] == 5
         assert container["startupProbe"]["initialDelaySeconds"] == 3
         env = {e["name"]: e for e in container["env"]}
-        assert env["PIER_IMAGE"]["value"] == "sha256-abc"
+        # The init container fetches the image by digest from the store's claim, mounted in it alone.
+        (init,) = pod["initContainers"]
+        assert init["args"] == ["--digest", "sha256-abc", "--into", "/pier"]
+        assert {"name": "store", "mountPath": "/store", "readOnly": True} in init["volumeMounts"]
+        assert all(m["name"] != "store" for m in container["volumeMounts"])
+        claim = {"claimName": "pier-home", "readOnly": True}
+        assert {"name": "store", "persistentVolumeClaim": claim} in pod["volumes"]
+        assert {"name": "work", "emptyDir": {"sizeLimit": str(5 << 30)}} in pod["volumes"]
         # The instance secret is referenced, never written into the pod spec.
         assert env["PIER_INSTANCE_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == deployment["metadata"]["name"]
         assert "value" not in env["PIER_INSTANCE_SECRET"]

@@ -15,8 +15,11 @@ from pier.http import SECRET_HEADER
 
 def main() -> int:
     port = os.environ.get("PIER_PORT", "8080")
+    # Where the harness listens (PIER_HOST), loopback when that is every address.
+    host = os.environ.get("PIER_HOST", "") or "127.0.0.1"
+    host = "127.0.0.1" if host == "0.0.0.0" else host
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/ping", headers={SECRET_HEADER: os.environ.get("PIER_INSTANCE_SECRET", "")}
+        f"http://{host}:{port}/ping", headers={SECRET_HEADER: os.environ.get("PIER_INSTANCE_SECRET", "")}
     )
     try:
         with urllib.request.urlopen(request, timeout=float(os.environ.get("PIER_PROBE_TIMEOUT", "5"))) as answer:

@@ -48,6 +48,11 @@ MODEL_LABEL = "pier.dev/model-id"
 VERSION_LABEL = "pier.dev/version"
 INSTANCES_ANNOTATION = "pier.dev/instances"
 SECRET_KEY = "instance-secret"
+# Where the init container unpacks the image (pier.fetch), and the environment's interpreter there.
+POD_ROOT = "/pier"
+POD_PYTHON = f"{POD_ROOT}/env/bin/python"
+# Where the init container (only) mounts the artifact store's volume, read-only.
+STORE_MOUNT = "/store"
 # Seconds between attempts to (re)open the watch after it failed.
 REWATCH = 1.0
 
@@ -64,7 +69,7 @@ def _seconds(value: float) -> int:
 
 def probes(policy: HealthPolicy) -> dict[str, Any]:
     """The health policy as the three probes, with the same numbers."""
-    check = {"exec": {"command": ["python", "-m", "pier.harness.probe"]}}
+    check = {"exec": {"command": [POD_PYTHON, "-m", "pier.harness.probe"]}}
     common = {
         **check,
         "periodSeconds": _seconds(policy.period),
@@ -99,6 +104,7 @@ class KubernetesRuntime:
         self._api: client.ApiClient | None = None
         self._deployments: dict[str, dict[str, Any]] = {}  # name -> the Deployment as last seen
         self._secrets: dict[str, str] = {}  # name -> the instance secret its pods want
+        self._addresses: dict[str, str] = {}  # name -> its Service's cluster IP
         self._gpu_labels: dict[str, str] = {}  # Pier's GPU type -> the node label's value
         self._watching: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
@@ -166,12 +172,13 @@ class KubernetesRuntime:
                 members = _members(deployment)
                 if spec.instance_id not in members:
                     deployment = await self._scale(name, [*members, spec.instance_id])
-            secret = self._secrets.get(name) or await self._read_secret(name)
+            if name not in self._secrets or name not in self._addresses:
+                await self._read_dependents(name)
         except ApiException as exc:
             raise StartError(f"the Kubernetes API refused {name}: {_reason(exc)}") from exc
         self._deployments[name] = deployment
         log.info("instance placed as a pod of its Deployment", instance_id=spec.instance_id, deployment=name)
-        return self._handle(name, secret)
+        return self._handle(name)
 
     async def stop(self, instance_id: str) -> bool:
         name = self._deployment_of(instance_id)
@@ -195,9 +202,9 @@ class KubernetesRuntime:
 
     def find(self, instance_id: str) -> Handle | None:
         name = self._deployment_of(instance_id)
-        if name is None or name not in self._secrets:
+        if name is None or name not in self._secrets or name not in self._addresses:
             return None
-        return self._handle(name, self._secrets[name])
+        return self._handle(name)
 
     def poll(self, instance_id: str, handle: Handle) -> Exit | None:
         if self._deployment_of(instance_id) is not None:
@@ -219,8 +226,9 @@ class KubernetesRuntime:
 
     # ---- objects ------------------------------------------------------------------------------------
 
-    def _handle(self, name: str, secret: str) -> Handle:
-        return Handle(pid=0, start_time=0, port=PORT, host=f"{name}.{self.namespace}.svc", secret=secret)
+    def _handle(self, name: str) -> Handle:
+        # The Service's cluster IP, not its DNS name: the gateway and the monitor need no cluster DNS.
+        return Handle(pid=0, start_time=0, port=PORT, host=self._addresses[name], secret=self._secrets[name])
 
     def _deployment_of(self, instance_id: str) -> str | None:
         return next((n for n, d in self._deployments.items() if instance_id in _members(d)), None)
@@ -234,11 +242,12 @@ class KubernetesRuntime:
             raise
         return _plain(self._api, found)
 
-    async def _read_secret(self, name: str) -> str:
+    async def _read_dependents(self, name: str) -> None:
+        """The version's instance secret and its Service's address, into memory."""
         secret = await self.core.read_namespaced_secret(name, self.namespace)
-        value = base64.b64decode((secret.data or {})[SECRET_KEY]).decode()
-        self._secrets[name] = value
-        return value
+        self._secrets[name] = base64.b64decode((secret.data or {})[SECRET_KEY]).decode()
+        service = await self.core.read_namespaced_service(name, self.namespace)
+        self._addresses[name] = service.spec.cluster_ip
 
     async def _scale(self, name: str, members: list[str]) -> dict[str, Any]:
         patch = {
@@ -291,11 +300,12 @@ class KubernetesRuntime:
             },
         }
         try:
-            await self.core.create_namespaced_service(self.namespace, service)
+            made = await self.core.create_namespaced_service(self.namespace, service)
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            await self.core.patch_namespaced_service(name, self.namespace, {"metadata": meta})
+            made = await self.core.patch_namespaced_service(name, self.namespace, {"metadata": meta})
+        self._addresses[name] = made.spec.cluster_ip
         return created
 
     def deployment(self, spec: InstanceSpec, name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -303,8 +313,8 @@ class KubernetesRuntime:
         env = {
             "PIER_HOST": "0.0.0.0",
             "PIER_PORT": str(PORT),
-            "PIER_WORKING_DIR": "/pier/work",
-            "PIER_IMAGE": spec.image,
+            "PIER_WORKING_DIR": f"{POD_ROOT}/work",
+            "PYTHONPATH": f"{POD_ROOT}/runtime",
             "PIER_ENTRYPOINT": msgspec.json.encode(spec.entrypoint).decode(),
             "PIER_WORKERS": str(spec.workers),
             "PIER_REQUEST_TIMEOUT": str(spec.request_timeout),
@@ -318,23 +328,42 @@ class KubernetesRuntime:
         container: dict[str, Any] = {
             "name": "model",
             "image": self.settings.kube_image,
-            "command": ["python", "-m", "pier.harness"],
+            "command": [POD_PYTHON, "-m", "pier.harness"],
             "env": [
                 *({"name": k, "value": v} for k, v in env.items()),
+                {"name": "PIER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {
                     "name": "PIER_INSTANCE_SECRET",
                     "valueFrom": {"secretKeyRef": {"name": name, "key": SECRET_KEY}},
                 },
             ],
             "ports": [{"name": "http", "containerPort": PORT}],
-            "volumeMounts": [{"name": "work", "mountPath": "/pier"}],
+            "volumeMounts": [{"name": "work", "mountPath": POD_ROOT}],
             **probes(spec.health),
         }
         if resources(spec):
             container["resources"] = resources(spec)
         pod: dict[str, Any] = {
+            "initContainers": [
+                {
+                    "name": "fetch-artifact",
+                    "image": self.settings.kube_image,
+                    "command": ["python", "-m", "pier.fetch", "--store", f"{STORE_MOUNT}/artifacts"],
+                    "args": ["--digest", spec.image, "--into", POD_ROOT],
+                    "volumeMounts": [
+                        {"name": "work", "mountPath": POD_ROOT},
+                        {"name": "store", "mountPath": STORE_MOUNT, "readOnly": True},
+                    ],
+                }
+            ],
             "containers": [container],
-            "volumes": [{"name": "work", "emptyDir": {}}],
+            "volumes": [
+                {"name": "work", "emptyDir": {"sizeLimit": str(spec.disk_size)} if spec.disk_size else {}},
+                {
+                    "name": "store",
+                    "persistentVolumeClaim": {"claimName": self.settings.kube_artifacts_claim, "readOnly": True},
+                },
+            ],
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
         }
@@ -366,9 +395,9 @@ class KubernetesRuntime:
                 listed = await self.apps.list_namespaced_deployment(self.namespace, label_selector=selector)
                 self._deployments = {d.metadata.name: _plain(self._api, d) for d in listed.items}
                 for name in self._deployments:
-                    if name not in self._secrets:
+                    if name not in self._secrets or name not in self._addresses:
                         with contextlib.suppress(ApiException, KeyError):
-                            await self._read_secret(name)
+                            await self._read_dependents(name)
                 self._synced.set()
                 async with watch.Watch() as w:
                     async for event in w.stream(
