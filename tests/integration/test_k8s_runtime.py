@@ -16,7 +16,16 @@ import msgspec
 from infra.k8s_sim.simulated_apiserver import SimulatedCluster, kind_of, serving
 from pier import bus, db, outbox
 from pier.config import Settings
-from pier.events import HealthPolicy, ModelPlaced, ModelWaiting, PlaceModel, RestartInstance, StopModel
+from pier.events import (
+    HealthPolicy,
+    InstanceStarted,
+    InstanceStopped,
+    ModelPlaced,
+    ModelWaiting,
+    PlaceModel,
+    RestartInstance,
+    StopModel,
+)
 from pier.spec import Entrypoint
 from pier.tasks import cancel_and_wait
 from services.scheduler.__main__ import MIGRATIONS
@@ -55,38 +64,46 @@ def place(model_id: str, instances: int, gpus: int, **extra: Any) -> PlaceModel:
 
 @contextlib.asynccontextmanager
 async def k8s_scheduler(settings: Settings) -> AsyncIterator[tuple[SimulatedCluster, Watch, Controller]]:
+    """A simulated cluster with two nodes of one A100 each, and the scheduler on it."""
     async with serving() as (url, cluster):
         for name in ("gpu-1", "gpu-2"):
             await cluster.create(kind_of("nodes"), "", node(name, 1, "A100-SXM4"))
-        settings = msgspec.structs.replace(
-            settings,
-            runtime="kubernetes",
-            kube_api=url,
-            kube_namespace=NS,
-            kube_image="pier-runtime:test",
-            kube_gpu_label=GPU_LABEL,
-        )
-        async with bus.connect(settings, "test-scheduler") as b, open_runtime(settings) as runtime:
-            watch = Watch()
-            await watch.attach(b)
-            pool = await db.create_pool(settings, "scheduler")
+        async with scheduler_on(settings, url) as (watch, controller):
+            yield cluster, watch, controller
+
+
+@contextlib.asynccontextmanager
+async def scheduler_on(settings: Settings, url: str) -> AsyncIterator[tuple[Watch, Controller]]:
+    """The scheduler's parts, wired as __main__ wires them with PIER_RUNTIME=kubernetes."""
+    settings = msgspec.structs.replace(
+        settings,
+        runtime="kubernetes",
+        kube_api=url,
+        kube_namespace=NS,
+        kube_image="pier-runtime:test",
+        kube_gpu_label=GPU_LABEL,
+    )
+    async with bus.connect(settings, "test-scheduler") as b, open_runtime(settings) as runtime:
+        watch = Watch()
+        await watch.attach(b)
+        pool = await db.create_pool(settings, "scheduler")
+        try:
+            await db.migrate(pool, MIGRATIONS)
+            controller = Controller(pool, b, runtime, await runtime.inventory())
+            await controller.reconcile()
+            tasks = [
+                asyncio.create_task(outbox.Relay(pool, b, OUTBOX_CHANNEL).run()),
+                asyncio.create_task(
+                    b.consume([PlaceModel, StopModel, RestartInstance], controller.handle, durable="scheduler")
+                ),
+                asyncio.create_task(controller.watch()),
+            ]
             try:
-                await db.migrate(pool, MIGRATIONS)
-                controller = Controller(pool, b, runtime, await runtime.inventory())
-                await controller.reconcile()
-                tasks = [
-                    asyncio.create_task(outbox.Relay(pool, b, OUTBOX_CHANNEL).run()),
-                    asyncio.create_task(
-                        b.consume([PlaceModel, StopModel, RestartInstance], controller.handle, durable="scheduler")
-                    ),
-                    asyncio.create_task(controller.watch()),
-                ]
-                try:
-                    yield cluster, watch, controller
-                finally:
-                    await cancel_and_wait(tasks)
+                yield watch, controller
             finally:
-                await db.close_pool(pool)
+                await cancel_and_wait(tasks)
+        finally:
+            await db.close_pool(pool)
 
 
 def objects(cluster: SimulatedCluster, plural: str) -> list[dict[str, Any]]:
@@ -166,3 +183,30 @@ async def test_what_waits_for_gpus_gets_no_pods_and_terminate_deletes_everything
         await until(lambda: len(watch.of(ModelPlaced)) == 2, within=30)
         second_only = {plural: ["fedcba9876543210"] for plural in ("deployments", "services", "secrets")}
         await until(lambda: models_of(cluster) == second_only, within=30)
+
+
+async def test_a_new_scheduler_adopts_the_deployments_and_a_deleted_one_is_reported_as_exited(
+    settings: Settings,
+) -> None:
+    async with serving() as (url, cluster), bus.connect(settings, "test-client") as client:
+        for name in ("gpu-1", "gpu-2"):
+            await cluster.create(kind_of("nodes"), "", node(name, 1, "A100-SXM4"))
+        async with scheduler_on(settings, url) as (first, _):
+            await client.publish(place(MODEL, instances=2, gpus=1))
+            (before,) = await until(lambda: scaled(cluster, 2), within=30)
+            await until(lambda: len(first.of(InstanceStarted)) == 2, within=30)
+        # The scheduler is replaced (a restart, a new leader) while the cluster runs on.
+        async with scheduler_on(settings, url) as (again, controller):
+            rows = await controller.pool.fetch("SELECT * FROM instances WHERE state = 'running'")
+            assert len(rows) == 2
+            (after,) = objects(cluster, "deployments")
+            # Adopted, not started again: the same Deployment, untouched, and no new run announced.
+            assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+            assert not again.of(InstanceStarted)
+            (service,) = objects(cluster, "services")
+            assert {r["address"] for r in rows} == {f"{service['spec']['clusterIP']}:8080"}
+
+            # Deleted behind Pier's back: its instances' runs are over, and the watcher says so.
+            await cluster.delete(kind_of("deployments"), NS, after["metadata"]["name"])
+            stopped = await until(lambda: len(again.of(InstanceStopped)) == 2 and again.of(InstanceStopped), within=30)
+            assert all("its Deployment is gone from the cluster" in e.reason for e in stopped)
