@@ -193,6 +193,7 @@ class KubernetesRuntime:
                 await self.apps.delete_namespaced_deployment(name, self.namespace, propagation_policy="Background")
                 self._deployments.pop(name, None)
                 self._secrets.pop(name, None)
+                self._addresses.pop(name, None)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -386,6 +387,16 @@ class KubernetesRuntime:
 
     # ---- the watch ----------------------------------------------------------------------------------
 
+    def _seen(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event into the cache, unless the cache already holds something newer."""
+        name = obj["metadata"]["name"]
+        if _older(obj, self._deployments.get(name)):
+            return
+        if kind == "DELETED":
+            self._deployments.pop(name, None)
+        elif kind in ("ADDED", "MODIFIED"):
+            self._deployments[name] = obj
+
     async def _watch(self) -> None:
         """Keep `_deployments` current: list, then watch from the list's resourceVersion; list again
         when the watch ends or its resourceVersion is too old."""
@@ -407,16 +418,24 @@ class KubernetesRuntime:
                         resource_version=listed.metadata.resource_version,
                         timeout_seconds=300,
                     ):
-                        obj = event["raw_object"]
-                        if event["type"] == "DELETED":
-                            self._deployments.pop(obj["metadata"]["name"], None)
-                        elif event["type"] in ("ADDED", "MODIFIED"):
-                            self._deployments[obj["metadata"]["name"]] = obj
+                        self._seen(event["type"], event["raw_object"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("deployment watch failed; listing again", error=str(exc))
                 await asyncio.sleep(REWATCH)
+
+
+def _older(event: dict[str, Any], cached: dict[str, Any] | None) -> bool:
+    """Is a watch event about an older state than the cache holds? The driver's own writes update the
+    cache at once, before the watch delivers the events before them (a Deployment scaled up, or made
+    anew under the same name). resourceVersions are etcd revisions: compared as numbers."""
+    return cached is not None and _revision(event) < _revision(cached)
+
+
+def _revision(obj: dict[str, Any]) -> int:
+    text = str(obj["metadata"].get("resourceVersion", "0"))
+    return int(text) if text.isdigit() else 0
 
 
 def _members(deployment: dict[str, Any]) -> list[str]:
