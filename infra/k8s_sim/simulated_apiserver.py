@@ -25,6 +25,7 @@ import copy
 import hashlib
 import itertools
 import json
+import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -180,6 +181,8 @@ class SimulatedCluster:
         self.changed = asyncio.Condition()
         self._names = itertools.count(1)
         self._service_ips = itertools.count(0)
+        # A /16 of 127/8 picked at random, so two simulated clusters on one machine rarely share one.
+        self._service_net = f"127.{random.randint(100, 199)}"
 
     # ---- reading ----------------------------------------------------------------------------------
 
@@ -234,10 +237,10 @@ class SimulatedCluster:
             meta["generation"] = 1
             obj.setdefault("status", {})
         if kind.kind == "Service" and obj.get("spec", {}).get("clusterIP") != "None":
-            # Loopback addresses of their own (all of 127/8 is local on Linux), which the simulated
+            # Loopback addresses of their own (all of 127/8 is local on Linux: 127.100-199.x.y), which the simulated
             # kubelet's proxy listens on, as kube-proxy makes a Service's cluster IP reach its pods.
             n = next(self._service_ips)
-            obj["spec"]["clusterIP"] = f"127.78.{n // 250}.{n % 250 + 1}"
+            obj["spec"]["clusterIP"] = f"{self._service_net}.{n // 250 % 256}.{n % 250 + 1}"
             obj["spec"]["clusterIPs"] = [obj["spec"]["clusterIP"]]
         return await self._put(kind, key, obj, "ADDED")
 

@@ -9,10 +9,10 @@ as restartPolicy Always does). What a real node adds it does not: images are not
 is this interpreter), there are no namespaces or cgroups (resources are not enforced), and volumes
 are folders: an emptyDir under the pod's folder, a PersistentVolumeClaim a folder given for its
 name, paths in commands and environment under a mountPath rewritten to the folder. Each pod gets a
-loopback IP of its own (127.77.x.y) and listens there; a value `0.0.0.0` in its environment (the
+loopback IP of its own (127.200-254.x.y) and listens there; a value `0.0.0.0` in its environment (the
 harness's PIER_HOST) becomes that IP.
 
-As kube-proxy, it listens on each Service's cluster IP (the simulated API server hands out 127.78.x.y)
+As kube-proxy, it listens on each Service's cluster IP (the simulated API server hands out 127.100-199.x.y)
 and port, and forwards each connection to a ready pod the Service selects, in turn.
 """
 
@@ -23,6 +23,7 @@ import base64
 import contextlib
 import itertools
 import os
+import random
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class SimulatedKubelet:
         self.claims = claims
         self.pods: dict[tuple[str, str], RunningPod] = {}
         self._ips = itertools.count(0)
+        # Pod IPs from a /16 of 127/8 picked at random, so two simulated clusters rarely share one.
+        self._pod_net = f"127.{random.randint(200, 254)}"
         self._turn = itertools.count(0)
         self._proxies: dict[tuple[str, str], list[asyncio.Server]] = {}
 
@@ -121,7 +124,7 @@ class SimulatedKubelet:
             pod = RunningPod(
                 namespace=key[0],
                 name=key[1],
-                ip=f"127.77.{n // 250}.{n % 250 + 1}",
+                ip=f"{self._pod_net}.{n // 250 % 256}.{n % 250 + 1}",
                 labels=obj["metadata"].get("labels") or {},
                 ports=ports,
             )
