@@ -2,18 +2,20 @@
 processes, so that a model API deployed with PIER_RUNTIME=kubernetes answers calls on one machine.
 
 It watches the pods of every namespace and, for each, runs the init containers one after the other,
-then the containers, with their command, args and environment (values, Secret keys, the pod's name
-and IP) and reports the pod's status back (phase, pod IP, container states, the Ready condition from
-the startup and readiness probes; a container that exits is started again, its restartCount counted,
-as restartPolicy Always does). What a real node adds it does not: images are not pulled (`python`
-is this interpreter), there are no namespaces or cgroups (resources are not enforced), and volumes
-are folders: an emptyDir under the pod's folder, a PersistentVolumeClaim a folder given for its
-name, paths in commands and environment under a mountPath rewritten to the folder. Each pod gets a
-loopback IP of its own (127.200-254.x.y) and listens there; a value `0.0.0.0` in its environment (the
-harness's PIER_HOST) becomes that IP.
+then the container, with its command, args and environment (values, Secret keys, the pod's name and
+IP), and reports the pod's status back (phase, pod IP, container states, the Ready condition from the
+startup and readiness probes). A container that exits, or fails its liveness probe, is started again
+and its restartCount counted, as restartPolicy Always does.
 
-As kube-proxy, it listens on each Service's cluster IP (the simulated API server hands out 127.100-199.x.y)
-and port, and forwards each connection to a ready pod the Service selects, in turn.
+What a real node adds it does not: images are not pulled (`python` is this interpreter), there are no
+namespaces or cgroups (resources are not enforced), and volumes are folders: an emptyDir under the
+pod's folder, a PersistentVolumeClaim the folder given for its name, and paths in commands and the
+environment under a mountPath are rewritten to the folder. Each pod gets a loopback IP of its own
+(127.200-254.x.y) and listens there: a value `0.0.0.0` in its environment (the harness's PIER_HOST)
+becomes that IP.
+
+As kube-proxy, it listens on each Service's cluster IP (the simulated API server hands out
+127.100-199.x.y) and port, and forwards each connection to a ready pod the Service selects, in turn.
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ class SimulatedKubelet:
                     conditions=[_condition("Ready", False, "ContainersNotReady")],
                 )
                 await self._report(pod, status)
-                prober = asyncio.create_task(self._probe(pod, container, volumes, status))
+                prober = asyncio.create_task(self._probe(pod, container, volumes, status, process))
                 code = await process.wait()
                 await cancel_and_wait([prober])
                 pod.ready = False
@@ -306,11 +308,20 @@ class SimulatedKubelet:
         process = await self._start(pod, container, volumes, folder)
         return await process.wait()
 
-    async def _probe(self, pod: RunningPod, container: Obj, volumes: dict[str, Path], status: Obj) -> None:
-        """The startup probe until it passes, then the readiness probe; each sets the Ready condition."""
+    async def _probe(
+        self,
+        pod: RunningPod,
+        container: Obj,
+        volumes: dict[str, Path],
+        status: Obj,
+        process: asyncio.subprocess.Process,
+    ) -> None:
+        """The startup probe until it passes, then the readiness probe (the Ready condition) and the
+        liveness probe (failureThreshold failures in a row end the container, which is started again)."""
         rewrite = self._rewriter(container, volumes, pod)
         env = await self._environment(pod, container, rewrite)
         startup, readiness = container.get("startupProbe"), container.get("readinessProbe")
+        liveness, failures = container.get("livenessProbe"), 0
         if startup:
             await asyncio.sleep(startup.get("initialDelaySeconds", 0))
             # A kubelet polls by design: it asks every periodSeconds.
@@ -323,6 +334,13 @@ class SimulatedKubelet:
                 status["conditions"] = [_condition("Ready", ready, "" if ready else "ContainersNotReady")]
                 status["containerStatuses"][0]["ready"] = ready
                 await self._report(pod, status)
+            if liveness:
+                failures = 0 if await self._check(liveness, rewrite, env) else failures + 1
+                if failures >= liveness.get("failureThreshold", 3):
+                    log.info("simulated kubelet: liveness probe failed; restarting", pod=pod.name)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    return
             await asyncio.sleep((readiness or {}).get("periodSeconds", 10))
 
     async def _check(self, probe: Obj, rewrite: Any, env: dict[str, str]) -> bool:
