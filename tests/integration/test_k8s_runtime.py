@@ -141,6 +141,8 @@ async def test_a_placed_version_is_a_deployment_service_and_secret_saying_what_t
         want = {"cpu": "1500m", "memory": str(2 << 30), "ephemeral-storage": str(5 << 30), "nvidia.com/gpu": "1"}
         assert container["resources"] == {"requests": want, "limits": want}
         assert pod["nodeSelector"] == {GPU_LABEL: "A100-SXM4"}
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["periodSeconds"] == 5  # 4.5 s, in the whole seconds probes take
             assert container[probe]["timeoutSeconds"] == 2

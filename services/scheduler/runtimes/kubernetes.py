@@ -53,6 +53,9 @@ POD_ROOT = "/pier"
 POD_PYTHON = f"{POD_ROOT}/env/bin/python"
 # Where the init container (only) mounts the artifact store's volume, read-only.
 STORE_MOUNT = "/store"
+# The runtime image's user (infra/runtime.Dockerfile), and what no container of a pod may do.
+POD_USER = 10001
+UNPRIVILEGED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 # Seconds between attempts to (re)open the watch after it failed.
 REWATCH = 1.0
 
@@ -325,6 +328,8 @@ class KubernetesRuntime:
             "PIER_REQUEST_LOG_BUFFER": str(self.settings.request_log_buffer),
             "PIER_OUTPUT_RATE": str(self.settings.instance_output_rate),
             "PYTHONUNBUFFERED": "1",
+            # Its own home, as under the local driver: whatever the model writes there goes with the pod.
+            "HOME": f"{POD_ROOT}/work",
         }
         container: dict[str, Any] = {
             "name": "model",
@@ -340,6 +345,7 @@ class KubernetesRuntime:
             ],
             "ports": [{"name": "http", "containerPort": PORT}],
             "volumeMounts": [{"name": "work", "mountPath": POD_ROOT}],
+            "securityContext": UNPRIVILEGED,
             **probes(spec.health),
         }
         if resources(spec):
@@ -355,6 +361,7 @@ class KubernetesRuntime:
                         {"name": "work", "mountPath": POD_ROOT},
                         {"name": "store", "mountPath": STORE_MOUNT, "readOnly": True},
                     ],
+                    "securityContext": UNPRIVILEGED,
                 }
             ],
             "containers": [container],
@@ -367,6 +374,14 @@ class KubernetesRuntime:
             ],
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
+            # The runtime image's user, never root; the model's code is the user's, not the platform's.
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": POD_USER,
+                "runAsGroup": POD_USER,
+                "fsGroup": POD_USER,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
         }
         if spec.gpu_devices and spec.gpu_type:
             pod["nodeSelector"] = {self.settings.kube_gpu_label: self._gpu_labels.get(spec.gpu_type, spec.gpu_type)}
