@@ -100,6 +100,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     kube_gpu_label: str = "nvidia.com/gpu.product"
     # The volume claim holding PIER_HOME (the artifact store): pods' init containers fetch images from it.
     kube_artifacts_claim: str = "pier-home"
+    # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set;
+    # PIER_OTEL_EXPORTER=console prints them instead (docs/production.md).
+    otlp_endpoint: str = ""
     otel_exporter: str = ""
 
     @property

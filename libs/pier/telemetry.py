@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -49,10 +50,23 @@ def setup(service: str, settings: Settings) -> structlog.stdlib.BoundLogger:
         provider = TracerProvider(resource=Resource.create({"service.name": f"pier-{service}"}))
         if settings.otel_exporter == "console":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+        if settings.otlp_endpoint:
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(settings))))
         trace.set_tracer_provider(provider)
         _configured = True
     structlog.contextvars.bind_contextvars(service=service)
     return structlog.get_logger(service)
+
+
+def tracing(settings: Settings) -> bool:
+    """Whether spans go anywhere: hot paths skip making them when not."""
+    return bool(settings.otel_exporter or settings.otlp_endpoint)
+
+
+def traces_url(settings: Settings) -> str:
+    """PIER_OTLP_ENDPOINT is the collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is."""
+    base = settings.otlp_endpoint.rstrip("/")
+    return base if base.endswith("/v1/traces") else base + "/v1/traces"
 
 
 def tracer() -> trace.Tracer:

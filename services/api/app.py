@@ -24,6 +24,7 @@ from services.api import (
     sources,
     sse,
     tokens,
+    tracing,
     users,
 )
 from services.api.errors import problems
@@ -55,8 +56,8 @@ ROUTE_MODULES = [
 def build(ctx: Context) -> web.Application:
     app = web.Application(
         client_max_size=ctx.settings.api_max_body_bytes,
-        # audit inside auth: it records who made each change.
-        middlewares=[problems, auth.middleware(ctx.pool), audit.middleware()],
+        # audit inside auth: it records who made each change; the span outside all: it times them.
+        middlewares=[*tracing.middlewares(ctx.settings), problems, auth.middleware(ctx.pool), audit.middleware()],
     )
     sse.install(app)
     for module in ROUTE_MODULES:

@@ -102,7 +102,7 @@ class Gateway:
         self.balancer = balancer
         self.proxy = proxy
         self.auth = Authenticator(table)
-        self._tracing = bool(settings.otel_exporter)
+        self._tracing = telemetry.tracing(settings)
         self.registry = metrics.Registry()
         self.metrics_port = 0  # where /metrics is served, once listening (PIER_GATEWAY_METRICS_PORT)
         labels = ("model", "version")

@@ -19,6 +19,7 @@ import msgspec
 import structlog
 from nats.js.kv import KeyValue
 
+from pier import metrics
 from pier.bus import Bus, kv_update
 from pier.events import (
     RESTARTS_BUCKET,
@@ -34,6 +35,12 @@ from pier.events import (
 from services.monitor.policy import backoff
 
 log = structlog.get_logger("monitor.restarts")
+RESTARTS = metrics.REGISTRY.counter(
+    "pier_monitor_restarts_total", "Instances restarted (failed health checks or exits)"
+)
+GAVE_UP = metrics.REGISTRY.counter(
+    "pier_monitor_model_failures_total", "Model APIs marked failed for restarting too often"
+)
 
 DURABLE = "monitor-restarts"
 _history = msgspec.json.Decoder(dict[str, float])
@@ -83,6 +90,7 @@ class Restarter:
                 f" the limit is {policy.max_restarts})"
             )
             bound.warning("restarted too often; the model API fails", reason=reason)
+            GAVE_UP.inc()
             await self.bus.publish(
                 ModelFailed(
                     id=event.derived_id("failed"),
@@ -115,6 +123,7 @@ class Restarter:
                 request_timeout=route.request_timeout,
             )
         )
+        RESTARTS.inc()
 
 
 async def restarts_bucket(bus: Bus) -> KeyValue:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from pier import bus, db, outbox
+from pier import bus, db, metrics, outbox
 from pier.config import Settings
 from pier.events import PlaceModel, RestartInstance, StopModel
 from pier.service import announce_ready, run
@@ -28,6 +29,7 @@ async def main(settings: Settings) -> None:
         try:
             await db.migrate(pool, MIGRATIONS)
             controller = Controller(pool, b, runtime, await runtime.inventory())
+            _gauges(controller)
             await controller.reconcile()
             await controller.serve_plans()
             await announce_ready(b, "scheduler")
@@ -42,6 +44,28 @@ async def main(settings: Settings) -> None:
             )
         finally:
             await db.close_pool(pool)
+
+
+def _gauges(controller: Controller) -> None:
+    """The GPUs and the wait queue, read from the leader's queue at each scrape."""
+
+    def gpus() -> Iterable[tuple[tuple[str, ...], float]]:
+        for gpu_type, n in controller.queue.totals().items():
+            yield (gpu_type, "free"), n["free"]
+            yield (gpu_type, "in_use"), n["total"] - n["free"]
+
+    def waiting() -> Iterable[tuple[tuple[str, ...], float]]:
+        for gpu_type, n in controller.queue.totals().items():
+            yield (gpu_type, "model_versions"), n["waiting"]
+            yield (gpu_type, "gpus"), n["requested"]
+
+    metrics.REGISTRY.gauge("pier_scheduler_gpus", "GPUs by type and state (free, in_use)", ("gpu_type", "state"), gpus)
+    metrics.REGISTRY.gauge(
+        "pier_scheduler_waiting",
+        "The wait queue by GPU type: model versions waiting, and the GPUs they ask for",
+        ("gpu_type", "what"),
+        waiting,
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ TOKEN = "pier_e2e_token"
 async def running_platform(settings: Settings) -> AsyncIterator[Platform]:
     """The five services on `settings` (with free ports of their own), stopped even when a test fails."""
     settings = msgspec.structs.replace(
-        settings, api_port=free_port(), gateway_port=free_port(), gateway_metrics_port=0, ack_wait=3.0
+        settings, api_port=free_port(), gateway_port=free_port(), gateway_metrics_port=free_port(), ack_wait=3.0
     )
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "credentials.json").write_text(

@@ -129,3 +129,12 @@ def test_the_standby_scheduler_takes_over_with_every_deploy_done_and_no_gpu_twic
     up["scheduler"] = 'pier_service_up{service="scheduler"} 1'
     for service, line in up.items():
         assert line in page.splitlines(), f"{service}: {[x for x in page.splitlines() if 'service_up' in x]}"
+    # The new leader's view of the GPUs, as ops see it: both in use, one model API waiting for one.
+    for sample, value in (
+        ('pier_scheduler_gpus{gpu_type="a100",state="in_use"}', 2),
+        ('pier_scheduler_gpus{gpu_type="a100",state="free"}', 0),
+        ('pier_scheduler_waiting{gpu_type="a100",what="model_versions"}', 1),
+    ):
+        name, labels = sample.split("{")
+        found = [line for line in page.splitlines() if line.startswith(name + "{") and labels.rstrip("}") in line]
+        assert [float(line.rsplit(" ", 1)[1]) for line in found] == [value], f"{sample}: {found}"
