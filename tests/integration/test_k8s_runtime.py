@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import pytest
 
+from infra.embedded import free_port
 from infra.k8s_sim.simulated_apiserver import SimulatedCluster, kind_of, serving
 from pier import bus, db, outbox
 from pier.config import Settings
@@ -30,7 +32,7 @@ from pier.spec import Entrypoint
 from pier.tasks import cancel_and_wait
 from services.scheduler.__main__ import MIGRATIONS
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
-from services.scheduler.runtimes import open_runtime
+from services.scheduler.runtimes import kubernetes, open_runtime
 from tests.integration.test_scheduler import Watch
 from tests.support import until
 
@@ -212,3 +214,14 @@ async def test_a_new_scheduler_adopts_the_deployments_and_a_deleted_one_is_repor
             await cluster.delete(kind_of("deployments"), NS, after["metadata"]["name"])
             stopped = await until(lambda: len(again.of(InstanceStopped)) == 2 and again.of(InstanceStopped), within=30)
             assert all("its Deployment is gone from the cluster" in e.reason for e in stopped)
+
+
+async def test_an_api_server_that_does_not_answer_is_a_clear_start_error(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kubernetes, "SYNC_TIMEOUT", 1.0)
+    nobody = f"http://127.0.0.1:{free_port()}"
+    on_k8s = msgspec.structs.replace(settings, runtime="kubernetes", kube_api=nobody, kube_namespace=NS)
+    with pytest.raises(RuntimeError, match="did not list the Deployments of namespace 'pier'"):
+        async with open_runtime(on_k8s):
+            pass

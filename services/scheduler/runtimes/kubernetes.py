@@ -56,6 +56,8 @@ STORE_MOUNT = "/store"
 # The runtime image's user (infra/runtime.Dockerfile), and what no container of a pod may do.
 POD_USER = 10001
 UNPRIVILEGED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+# Seconds the driver waits at start for its first list of Deployments.
+SYNC_TIMEOUT = 30.0
 # Seconds between attempts to (re)open the watch after it failed.
 REWATCH = 1.0
 
@@ -124,8 +126,16 @@ class KubernetesRuntime:
                 await config.load_kube_config()
             self._api = client.ApiClient()
         self._watching = asyncio.create_task(self._watch())
-        async with asyncio.timeout(30):
-            await self._synced.wait()
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                await self._synced.wait()
+        except TimeoutError:
+            await self.__aexit__(None, None, None)
+            where = self.settings.kube_api or "the in-cluster or kubeconfig API server"
+            raise RuntimeError(
+                f"the Kubernetes API at {where} did not list the Deployments of namespace {self.namespace!r}"
+                f" within {SYNC_TIMEOUT:g} s (see the warnings above)"
+            ) from None
         log.info("kubernetes runtime ready", namespace=self.namespace, deployments=len(self._deployments))
         return self
 
