@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -40,6 +41,48 @@ def checked_digest(digest: str) -> str:
     if not DIGEST_RE.match(digest):
         raise ValueError(f"{digest!r} is not a sha256 digest (64 lower-case hex digits)")
     return digest
+
+
+_CHUNK = 1 << 20
+
+
+def image_digest(code_digest: str, env_hash: str, entrypoint: Entrypoint) -> str:
+    """An image's name: its code's tree digest, its environment's hash and its entrypoint."""
+    return hashlib.sha256((code_digest + env_hash).encode() + msgspec.json.encode(entrypoint)).hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over the sorted (relative path, content) of every file and link under `root`.
+
+    Blocking: call it in a thread. A link contributes its target, so the digest never depends
+    on what lies outside the tree.
+    """
+    entries = sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix())
+    digest = hashlib.sha256()
+    for path in entries:
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            content = hashlib.sha256(b"link:" + str(path.readlink()).encode()).digest()
+        else:
+            content = _file_digest(path)
+        digest.update(rel.encode() + b"\0" + content)
+    return digest.hexdigest()
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        yield from (base / name for name in files)
+        # os.walk does not descend into linked folders; they still count, as links.
+        yield from (base / name for name in dirs if (base / name).is_symlink())
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.digest()
 
 
 class Store:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -89,6 +89,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # replicas share their ports (SO_REUSEPORT), gateway replica k serves /metrics on the metrics
     # port + k - 1, and one scheduler leads while the others stand by.
     replicas: int = 1
+    # The runtime driver (docs/kubernetes.md): `local` runs instances as processes on this host;
+    # `kubernetes` runs each model API version as a Deployment and a Service in kube_namespace, through
+    # the API server at kube_api (empty: in-cluster config, else ~/.kube/config), with pods of
+    # kube_image, and GPU nodes found by the node label kube_gpu_label (its value is the GPU type).
+    runtime: Literal["local", "kubernetes"] = "local"
+    kube_api: str = ""
+    kube_namespace: str = "pier"
+    kube_image: str = "pier-runtime:latest"
+    kube_gpu_label: str = "nvidia.com/gpu.product"
+    # The volume claim holding PIER_HOME (the artifact store): pods' init containers fetch images from it.
+    kube_artifacts_claim: str = "pier-home"
     # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set;
     # PIER_OTEL_EXPORTER=console prints them instead (docs/production.md).
     otlp_endpoint: str = ""

@@ -141,6 +141,8 @@ class PlaceModel(Command, tag="place"):
     cpu: float = 0.0
     memory: int = 0
     disk_size: int = 0
+    # The model API's health checks: the kubernetes driver turns them into its pods' probes.
+    health: HealthPolicy = msgspec.field(default_factory=lambda: HealthPolicy())  # defined below
 
 
 class StopModel(Command, tag="stop"):

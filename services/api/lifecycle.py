@@ -354,6 +354,7 @@ class Lifecycle:
                 cpu=model["cpu"],
                 memory=model["memory"],
                 disk_size=model["disk_size"],
+                health=model_settings.stored_policy(model),
             ),
         )
         if model["latest"] is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -11,14 +10,10 @@ import msgspec
 
 import pier
 from pier.artifacts import ImageManifest, Store
-from pier.spec import Entrypoint
+from pier.artifacts import image_digest as image_digest
 from services.builder import atomic
 
 MANIFEST = "image.json"
-
-
-def image_digest(code_digest: str, env_hash: str, entrypoint: Entrypoint) -> str:
-    return hashlib.sha256((code_digest + env_hash).encode() + msgspec.json.encode(entrypoint)).hexdigest()
 
 
 def reuse(store: Store, digest: str) -> ImageManifest | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import gzip
-import hashlib
 import io
 import os
 import tarfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import pathspec
 
 from pier import tarballs
+from pier.artifacts import tree_digest as tree_digest
 from pier.tarballs import Limits, normalize
 from services.builder.errors import BuildError
 
@@ -117,40 +117,6 @@ def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> None:
         if exc.errno not in (errno.ENAMETOOLONG, errno.EILSEQ):
             raise
         raise SourceError(f"entry {member.name!r} cannot be unpacked: {exc.strerror}") from None
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over the sorted (relative path, content) of every file and link under `root`.
-
-    Blocking: call it in a thread. A link contributes its target, so the digest never depends
-    on what lies outside the tree.
-    """
-    entries = sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix())
-    digest = hashlib.sha256()
-    for path in entries:
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            content = hashlib.sha256(b"link:" + str(path.readlink()).encode()).digest()
-        else:
-            content = _file_digest(path)
-        digest.update(rel.encode() + b"\0" + content)
-    return digest.hexdigest()
-
-
-def _walk(root: Path) -> Iterable[Path]:
-    for folder, dirs, files in os.walk(root):
-        base = Path(folder)
-        yield from (base / name for name in files)
-        # os.walk does not descend into linked folders; they still count, as links.
-        yield from (base / name for name in dirs if (base / name).is_symlink())
-
-
-def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.digest()
 
 
 def pack(root: Path) -> bytes:

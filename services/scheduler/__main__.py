@@ -11,21 +11,24 @@ from pier.events import PlaceModel, RestartInstance, StopModel
 from pier.service import announce_ready, run
 from pier.tasks import together
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
-from services.scheduler.inventory import discover
 from services.scheduler.leader import leadership
 from services.scheduler.logship import LogShipper
-from services.scheduler.runtimes.local import LocalRuntime
+from services.scheduler.runtimes import open_runtime
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def main(settings: Settings) -> None:
     # Standbys wait here, before anything that reads or changes placements (services/scheduler/leader.py).
-    async with leadership(settings) as leader, bus.connect(settings, "scheduler") as b:
+    async with (
+        leadership(settings) as leader,
+        bus.connect(settings, "scheduler") as b,
+        open_runtime(settings) as runtime,
+    ):
         pool = await db.create_pool(settings, "scheduler")
         try:
             await db.migrate(pool, MIGRATIONS)
-            controller = Controller(pool, b, LocalRuntime(settings), discover(settings.gpus))
+            controller = Controller(pool, b, runtime, await runtime.inventory())
             _gauges(controller)
             await controller.reconcile()
             await controller.serve_plans()

@@ -476,9 +476,9 @@ async def serve_harness(
 
 
 async def _serve_until_stopped(
-    harness: Harness, max_body: int, port: int, limits: Limits, listener: socket.socket | None
+    harness: Harness, max_body: int, port: int, limits: Limits, listener: socket.socket | None, host: str
 ) -> None:
-    server = await serve_harness(harness, max_body, port, limits=limits, listener=listener)
+    server = await serve_harness(harness, max_body, port, host=host, limits=limits, listener=listener)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -523,7 +523,9 @@ def main() -> None:
         secret=secret,
     )
     port = int(env.get("PIER_PORT", "0"))
-    print(f"harness: serving on 127.0.0.1:{port}", flush=True)
+    # Loopback for a local run; a pod's harness listens on all its addresses (PIER_HOST=0.0.0.0).
+    host = env.get("PIER_HOST", "127.0.0.1")
+    print(f"harness: serving on {host}:{port}", flush=True)
     max_body = int(env.get("PIER_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
     try:
         limits = from_env(env)
@@ -532,7 +534,7 @@ def main() -> None:
         sys.exit(3)
     # uvloop: measured, the default loop's per-call cost showed in bench/gateway.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve_until_stopped(harness, max_body, port, limits, listener))
+        runner.run(_serve_until_stopped(harness, max_body, port, limits, listener, host))
 
 
 def _inherited_listener(fd: str) -> socket.socket | None:

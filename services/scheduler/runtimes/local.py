@@ -36,7 +36,8 @@ import structlog
 from pier import isolation
 from pier.artifacts import Store
 from pier.config import Settings
-from pier.spec import Entrypoint
+from services.scheduler.inventory import Inventory, discover
+from services.scheduler.runtimes.base import Exit, Handle, InstanceSpec, StartError
 
 log = structlog.get_logger("scheduler.local")
 
@@ -44,64 +45,6 @@ STOP_TIMEOUT = 10.0
 # Seconds an ended run's output copier gets to write what it held, before the exit is reported.
 OUTPUT_DRAIN = 2.0
 _POLL = 0.05
-
-
-class InstanceSpec(msgspec.Struct, kw_only=True, frozen=True):
-    """Everything needed to start one instance; the same spec starts it again after a restart."""
-
-    instance_id: str
-    model_id: str
-    version: int
-    version_id: str
-    image: str
-    entrypoint: Entrypoint
-    workers: int = 1
-    request_timeout: float = 60.0
-    # Devices chosen by placement, handed over as CUDA_VISIBLE_DEVICES; none means no GPU at all.
-    gpu_devices: tuple[str, ...] = ()
-    # The resource quota (0: no limit) and the work dir's disk limit, enforced by the controller.
-    quota: str = ""
-    cpu: float = 0.0
-    memory: int = 0
-    disk_size: int = 0
-
-
-class Handle(msgspec.Struct, kw_only=True, frozen=True):
-    """One run of an instance: the process and where it listens."""
-
-    pid: int
-    start_time: int
-    port: int
-    # The run's own uid (and gid) when it is isolated; None when it runs as the platform's user.
-    uid: int | None = None
-    # What the harness wants in the X-Pier-Instance-Secret header of every call.
-    secret: str = ""
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
-class Exit(msgspec.Struct, kw_only=True, frozen=True):
-    """How a run ended. `status` is None when the process was not our child (adopted after a
-    scheduler restart): only a parent can learn a process's exit status."""
-
-    status: int | None
-
-    def describe(self) -> str:
-        if self.status is None:
-            return "exited with status unknown"
-        if self.status < 0:
-            try:
-                name = signal.Signals(-self.status).name
-            except ValueError:
-                name = f"signal {-self.status}"
-            return f"exited with status {self.status} ({name})"
-        return f"exited with status {self.status}"
-
-
-class StartError(Exception):
-    """An instance could not be started (missing image, unusable interpreter, ...)."""
 
 
 class LocalRuntime:
@@ -112,6 +55,10 @@ class LocalRuntime:
         # Popen objects of the runs this process started: kept so we, not subprocess's own
         # clean-up, reap them, and so their exit status can be read.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def inventory(self) -> Inventory:
+        """The GPUs of this host (NVML), or the simulated ones PIER_GPUS declares."""
+        return discover(self.settings.gpus)
 
     def instance_dir(self, instance_id: str) -> Path:
         return instances_root(self.home) / instance_id
