@@ -1,6 +1,6 @@
 """The routes.yaml reader (`pier deploy --routes`, libs/pier/cli/usage.py) on any text: it returns the
-routes or raises UsageError naming the file (exit 2 in the CLI), and nothing else: no crash, no
-hang (the profile's deadline bounds each example)."""
+routes or raises LocalError naming the file (exit 4 in the CLI: a local file it cannot use), and
+nothing else: no crash, no hang (the profile's deadline bounds each example)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pier.cli.usage import UsageError, load_routes
+from pier.cli.usage import LocalError, load_routes
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
 documents = st.recursive(
@@ -46,7 +46,7 @@ def _read(text: str) -> None:
         path.write_text(text)
         try:
             routes = load_routes(path)
-        except UsageError as exc:
+        except LocalError as exc:
             assert str(path) in str(exc)
         else:
             assert isinstance(routes, list)
@@ -57,15 +57,15 @@ def _read(text: str) -> None:
 @example(text="routes:\n" + "".join(" " * i + "- a:\n" for i in range(0, 400, 2)))  # was RecursionError
 @example(text=LAUGHS + "routes:\n - {path: /a, file: a.py, function: f, parameters: [{name: x, default: *i}]}")
 @example(text="routes: &r [*r]")
-def test_any_text_gives_routes_or_a_usage_error(text: str) -> None:
+def test_any_text_gives_routes_or_an_error_naming_the_file(text: str) -> None:
     _read(text)
 
 
 def test_aliases_and_deep_nesting_are_refused_naming_the_line(tmp_path: Path) -> None:
     path = tmp_path / "routes.yaml"
     path.write_text(LAUGHS + "routes: [*i]\n")
-    with pytest.raises(UsageError, match=r"line 2, column \d+: aliases \(\*name\) are not allowed"):
+    with pytest.raises(LocalError, match=r"line 2, column \d+: aliases \(\*name\) are not allowed"):
         load_routes(path)
     path.write_text("routes: " + "[" * 100 + "]" * 100)
-    with pytest.raises(UsageError, match="nested deeper than 64 levels"):
+    with pytest.raises(LocalError, match="nested deeper than 64 levels"):
         load_routes(path)
