@@ -103,6 +103,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Traces: exported over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318) when set;
     # PIER_OTEL_EXPORTER=console prints them instead (docs/production.md).
     otlp_endpoint: str = ""
+    # Volumes (docs/scheduling.md): the host folders (comma-separated absolute paths) under which a
+    # model API's volumes may lie; empty: every volume is refused.
+    volume_roots: str = ""
     otel_exporter: str = ""
 
     @property

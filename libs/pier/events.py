@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from pier.spec import Entrypoint
+from pier.volumes import Volume
 
 # Streams and buckets.
 CMD_STREAM = "PIER_CMD"
@@ -143,6 +144,8 @@ class PlaceModel(Command, tag="place"):
     disk_size: int = 0
     # The model API's health checks: the kubernetes driver turns them into its pods' probes.
     health: HealthPolicy = msgspec.field(default_factory=lambda: HealthPolicy())  # defined below
+    # Host folders mounted into every instance (pier.volumes), checked by the api at create.
+    volumes: list[Volume] = msgspec.field(default_factory=list)
 
 
 class StopModel(Command, tag="stop"):
@@ -342,6 +345,8 @@ class GpuInventory(msgspec.Struct, kw_only=True):
 
     simulated: bool
     types: dict[str, GpuType] = msgspec.field(default_factory=dict)
+    # Why the scheduler's runtime cannot mount volumes ("" when it can): the api refuses them at create.
+    volumes_refused: str = "the scheduler did not say whether its runtime can mount volumes"
     at: float = msgspec.field(default_factory=time.time)
 
 

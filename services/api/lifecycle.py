@@ -43,7 +43,7 @@ from pier.events import (
     UsageRecorded,
 )
 from pier.spec import Entrypoint, SpecError, check_entrypoint
-from services.api import gpus, labels, routing, schedules, sources
+from services.api import gpus, labels, routing, schedules, sources, volumes
 from services.api import settings as model_settings
 from services.api.channel import CHANNEL
 from services.api.errors import Conflict, Invalid
@@ -95,6 +95,7 @@ class Lifecycle:
         resources = await gpus.check(
             self.bus, self.settings, spec.gpu_type, spec.gpu_count, spec.instances, spec.quota, spec.disk_size
         )
+        await volumes.check(self.bus, self.settings, spec.volumes)
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 await conn.execute(
@@ -116,6 +117,7 @@ class Lifecycle:
                     [("name", "is taken")],
                 ) from None
             await gpus.store_resources(conn, model_id, resources)
+            await volumes.store(conn, model_id, spec.volumes)
             await self._add_version(conn, model_id, 1, version_id, origin, entrypoint, actor)
             await model_settings.store_initial(conn, model_id, spec)
         await self.publish_route(model_id)
@@ -355,6 +357,7 @@ class Lifecycle:
                 memory=model["memory"],
                 disk_size=model["disk_size"],
                 health=model_settings.stored_policy(model),
+                volumes=volumes.stored(model),
             ),
         )
         if model["latest"] is None:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from pier.spec import Entrypoint, Route
+from pier.volumes import MAX_VOLUMES, Volume
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="lower-case letters, digits, -")]
 # Both end up in file paths: checked here, before any path is built (and again where it is).
@@ -62,6 +63,8 @@ class CreateModel(CodeSpec, kw_only=True, forbid_unknown_fields=True):
     access: Access = "restricted"
     routing_mode: RoutingMode = "basic"
     visibility: Visibility = "private"
+    # Host folders every instance sees at a path of its own (docs/scheduling.md, "Volumes"); fixed once created.
+    volumes: Annotated[list[Volume], msgspec.Meta(max_length=MAX_VOLUMES)] = msgspec.field(default_factory=list)
 
 
 class CreateVersion(CodeSpec, kw_only=True, forbid_unknown_fields=True):
@@ -118,6 +121,7 @@ class ModelOut(msgspec.Struct, kw_only=True):
     cpu: float = 0.0
     memory: int = 0
     disk_size: int = 0
+    volumes: list[Volume] = msgspec.field(default_factory=list)
     # While `waiting`: the 1-based place in line for its GPU type.
     queue_position: int | None = None
     workers: int

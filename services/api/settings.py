@@ -187,7 +187,7 @@ async def advance(conn: asyncpg.Connection, model_id: str, finished: str | None,
 
 
 # Chosen when a model API is created and fixed after: GPUs and placement are sized for them.
-FIXED_FIELDS = ("gpu_type", "gpu_count", "instances", "quota", "disk_size")
+FIXED_FIELDS = ("gpu_type", "gpu_count", "instances", "quota", "disk_size", "volumes")
 
 
 async def _refuse_fixed_fields(request: web.Request) -> None:

@@ -6,6 +6,7 @@ import asyncpg
 import msgspec
 
 from pier.spec import Entrypoint
+from pier.volumes import Volume
 from services.api.errors import NotFound
 from services.api.schemas import InstanceOut, ModelOut, VersionOut
 
@@ -69,6 +70,7 @@ async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: 
         cpu=row["cpu"],
         memory=row["memory"],
         disk_size=row["disk_size"],
+        volumes=msgspec.json.decode(row["volumes"] or "[]", type=list[Volume]),
         queue_position=row["queue_position"] if row["state"] == "waiting" else None,
         workers=row["workers"],
         request_timeout=row["request_timeout"],

@@ -5,6 +5,7 @@ instances, whatever crashed when. Stopping releases the GPUs and starts whatever
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -100,9 +101,9 @@ class Placing(ControllerState):
                         await conn.execute(
                             """INSERT INTO instances (instance_id, model_id, version, version_id, ordinal, image,
                                    entrypoint, workers, request_timeout, gpu_type, gpu_count, state, node,
-                                   gpu_devices, quota, cpu, memory, disk_size, health)
+                                   gpu_devices, quota, cpu, memory, disk_size, health, volumes)
                                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'starting', $12, $13, $14,
-                                   $15, $16, $17, $18)""",
+                                   $15, $16, $17, $18, $19)""",
                             instance_id,
                             cmd.model_id,
                             cmd.version,
@@ -121,6 +122,7 @@ class Placing(ControllerState):
                             cmd.memory,
                             cmd.disk_size,
                             msgspec.json.encode(cmd.health).decode(),
+                            msgspec.json.encode(cmd.volumes).decode(),
                         )
                         for device in slot.gpu_devices:
                             await conn.execute(
@@ -179,12 +181,15 @@ class Placing(ControllerState):
         if self._gpus_kv is None:
             self._gpus_kv = await self.bus.js.create_key_value(bucket=GPUS_BUCKET, history=1)
         totals = self.queue.totals()
+        # Found out once by the driver (the local one tries an unshare), in a thread the first time.
+        volumes_refused = await asyncio.to_thread(self.runtime.volumes_refused)
         record = GpuInventory(
             simulated=self.inventory.simulated,
             types={
                 t: GpuType(simulated=self.inventory.simulated, nodes=self.queue.capacity[t], **counts)
                 for t, counts in totals.items()
             },
+            volumes_refused=volumes_refused,
         )
         await self._gpus_kv.put(GPUS_KEY, msgspec.json.encode(record))
 

@@ -64,6 +64,8 @@ def _deploy(client: Client, args: argparse.Namespace, shown: Progress) -> int:
         code["health_function"] = args.health_function
     health = {f: getattr(args, f) for f in HEALTH_FLAGS if getattr(args, f) is not None}
     if client.exists(args.name):
+        if args.volume:
+            raise UsageError(f"--volume: volumes are fixed once {args.name} is created; create a new model API instead")
         gateway = {"access": "unrestricted"} if args.unrestricted else {}
         if args.routing_mode:
             gateway["routing_mode"] = args.routing_mode
@@ -78,6 +80,8 @@ def _deploy(client: Client, args: argparse.Namespace, shown: Progress) -> int:
             spec["workers"] = args.workers
         spec["access"] = "unrestricted" if args.unrestricted else "restricted"
         spec["routing_mode"] = args.routing_mode or "basic"
+        if args.volume:
+            spec["volumes"] = args.volume
         client.create_model(spec)
         version = 1
         print(f"{args.name}: created; building version 1", flush=True)
@@ -168,6 +172,15 @@ def upload(client: Client, folder: Path, name: str | None = None, shown: Progres
             bar.end()
 
 
+def volume(text: str) -> dict[str, Any]:
+    """`--volume NAME:HOST_PATH:MOUNT_PATH[:ro]` -> a volume of POST /v1/models (the api checks the rest)."""
+    parts = text.split(":")
+    read_only = len(parts) == 4 and parts[3] == "ro"
+    if len(parts) not in (3, 4) or (len(parts) == 4 and not read_only) or not all(parts[:3]):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME:HOST_PATH:MOUNT_PATH or NAME:HOST_PATH:MOUNT_PATH:ro")
+    return {"name": parts[0], "host_path": parts[1], "mount_path": parts[2], "read_only": read_only}
+
+
 def add_resource_flags(p: Any) -> None:
     """What a model API runs on (docs/scheduling.md), shared with `pier plan`; fixed once created."""
     p.add_argument("--instances", type=int, help="instances, 1 to 32 (default 2)")
@@ -238,6 +251,13 @@ def register(sub: Any) -> None:
     d.add_argument("--health-function")
     d.add_argument("--workers", type=int)
     add_resource_flags(d)
+    d.add_argument(
+        "--volume",
+        type=volume,
+        action="append",
+        metavar="NAME:HOST_PATH:MOUNT_PATH[:ro]",
+        help="a host folder (under PIER_VOLUME_ROOTS) every instance sees at MOUNT_PATH; :ro read-only; repeatable",
+    )
     d.add_argument("--unrestricted", action="store_true", help="callable without an access token (default: restricted)")
     d.add_argument(
         "--routing-mode",

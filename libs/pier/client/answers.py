@@ -37,6 +37,13 @@ class Version(TypedDict):
     python_version: str | None
 
 
+class Volume(TypedDict):
+    name: str
+    mount_path: str
+    host_path: str
+    read_only: bool
+
+
 class Model(TypedDict):
     id: str
     name: str
@@ -53,6 +60,7 @@ class Model(TypedDict):
     cpu: float
     memory: int
     disk_size: int
+    volumes: list[Volume]
     queue_position: int | None
     workers: int
     request_timeout: float

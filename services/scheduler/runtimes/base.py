@@ -15,6 +15,7 @@ import msgspec
 
 from pier.events import HealthPolicy
 from pier.spec import Entrypoint
+from pier.volumes import Volume
 from services.scheduler.inventory import Inventory
 
 
@@ -39,6 +40,8 @@ class InstanceSpec(msgspec.Struct, kw_only=True, frozen=True):
     disk_size: int = 0
     # The model API's health checks (the kubernetes driver makes them its pods' probes).
     health: HealthPolicy = msgspec.field(default_factory=HealthPolicy)
+    # Host folders mounted at their mount paths (checked against PIER_VOLUME_ROOTS by the api).
+    volumes: tuple[Volume, ...] = ()
 
 
 class Handle(msgspec.Struct, kw_only=True, frozen=True):
@@ -123,4 +126,9 @@ class Runtime(Protocol):
 
     async def purge(self, instance_id: str) -> None:
         """Remove everything of a stopped instance (terminate)."""
+        ...
+
+    def volumes_refused(self) -> str:
+        """Why this driver cannot mount volumes into instances here, or "" when it can (the scheduler
+        publishes it, and the api refuses volumes at create while it is not "")."""
         ...

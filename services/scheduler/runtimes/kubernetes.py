@@ -56,6 +56,8 @@ STORE_MOUNT = "/store"
 # The runtime image's user (infra/runtime.Dockerfile), and what no container of a pod may do.
 POD_USER = 10001
 UNPRIVILEGED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+# Pod volume names of a model API's volumes (pier.volumes): never the platform's own `work` or `store`.
+VOLUME_PREFIX = "vol-"
 # Seconds the driver waits at start for its first list of Deployments.
 SYNC_TIMEOUT = 30.0
 # Seconds between attempts to (re)open the watch after it failed.
@@ -238,6 +240,10 @@ class KubernetesRuntime:
     async def purge(self, instance_id: str) -> None:
         await self.stop(instance_id)
 
+    def volumes_refused(self) -> str:
+        """Never: a volume is a hostPath volume of the pod, on whichever node it runs."""
+        return ""
+
     # ---- objects ------------------------------------------------------------------------------------
 
     def _handle(self, name: str) -> Handle:
@@ -354,7 +360,13 @@ class KubernetesRuntime:
                 },
             ],
             "ports": [{"name": "http", "containerPort": PORT}],
-            "volumeMounts": [{"name": "work", "mountPath": POD_ROOT}],
+            "volumeMounts": [
+                {"name": "work", "mountPath": POD_ROOT},
+                *(
+                    {"name": VOLUME_PREFIX + v.name, "mountPath": v.mount_path, "readOnly": v.read_only}
+                    for v in spec.volumes
+                ),
+            ],
             "securityContext": UNPRIVILEGED,
             **probes(spec.health),
         }
@@ -381,6 +393,12 @@ class KubernetesRuntime:
                     "name": "store",
                     "persistentVolumeClaim": {"claimName": self.settings.kube_artifacts_claim, "readOnly": True},
                 },
+                # The node's folder, which must exist there (type Directory): a typo is a pod that does
+                # not start, with the kubelet's reason, rather than an empty folder made on the node.
+                *(
+                    {"name": VOLUME_PREFIX + v.name, "hostPath": {"path": v.host_path, "type": "Directory"}}
+                    for v in spec.volumes
+                ),
             ],
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,

@@ -37,6 +37,7 @@ from pier import isolation
 from pier.artifacts import Store
 from pier.config import Settings
 from services.scheduler.inventory import Inventory, discover
+from services.scheduler.runtimes import mounts
 from services.scheduler.runtimes.base import Exit, Handle, InstanceSpec, StartError
 
 log = structlog.get_logger("scheduler.local")
@@ -55,6 +56,7 @@ class LocalRuntime:
         # Popen objects of the runs this process started: kept so we, not subprocess's own
         # clean-up, reap them, and so their exit status can be read.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._volumes_refused: str | None = None
 
     async def inventory(self) -> Inventory:
         """The GPUs of this host (NVML), or the simulated ones PIER_GPUS declares."""
@@ -72,6 +74,13 @@ class LocalRuntime:
         manifest = self.store.manifest(spec.image)
         if manifest is None:
             raise StartError(f"image {spec.image} does not exist (no image.json in {self.store.image(spec.image)})")
+        if spec.volumes:
+            # Never a run without the volumes it was placed with: refused before anything is made.
+            problem = self.volumes_refused() or await asyncio.to_thread(
+                mounts.check, spec.volumes, self.settings.volume_roots
+            )
+            if problem:
+                raise StartError(f"cannot mount the model API's volumes: {problem}")
         image_dir = self.store.image(spec.image)
         directory = self.instance_dir(spec.instance_id)
         work = directory / "work"
@@ -109,12 +118,17 @@ class LocalRuntime:
         }
         argv = [manifest.python, "-m", "pier.harness"]
         self.note(spec.instance_id, _describe_limits(spec))
+        # With volumes the run starts as root (mounting needs it) and becomes its uid through setpriv.
+        spawn_uid = uid
+        if spec.volumes:
+            argv, spawn_uid = mounts.wrap(argv, spec.volumes, uid), None
+            self.note(spec.instance_id, "pier: volumes in a private mount namespace: " + _describe_volumes(spec))
         try:
             # Without cgroups, memory is limited per process with RLIMIT_AS, set in the child before it
             # runs: another uid's limits cannot be changed from outside without CAP_SYS_RESOURCE.
             limit = spec.memory if spec.memory > 0 and cgroup_dir() is None else 0
             proc = await asyncio.to_thread(
-                _spawn, argv, env, work, self.log_path(spec.instance_id), uid, limit, listener.fileno()
+                _spawn, argv, env, work, self.log_path(spec.instance_id), spawn_uid, limit, listener.fileno()
             )
         except OSError as exc:
             raise StartError(f"could not run {manifest.python}: {exc}") from exc
@@ -196,6 +210,13 @@ class LocalRuntime:
         await self.stop(instance_id)
         await asyncio.to_thread(shutil.rmtree, self.instance_dir(instance_id), True)
 
+    def volumes_refused(self) -> str:
+        """Why runs here cannot have volumes (not root, no util-linux, no mount namespaces), or "".
+        Found out once: the scheduler publishes it with every inventory."""
+        if self._volumes_refused is None:
+            self._volumes_refused = mounts.refused()
+        return self._volumes_refused
+
 
 # ---- quotas ---------------------------------------------------------------------------------------
 
@@ -206,6 +227,10 @@ def _describe_limits(spec: InstanceSpec) -> str:
     memory = f"{spec.memory} bytes" if spec.memory else "unlimited"
     disk = f"{spec.disk_size} bytes" if spec.disk_size else "unlimited"
     return f"pier: CUDA_VISIBLE_DEVICES={gpus}; cpu {cpu}; memory {memory}; disk_size {disk}"
+
+
+def _describe_volumes(spec: InstanceSpec) -> str:
+    return ", ".join(f"{v.host_path} at {v.mount_path}{' (read-only)' if v.read_only else ''}" for v in spec.volumes)
 
 
 def cgroup_dir() -> Path | None:
