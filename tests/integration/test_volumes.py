@@ -203,6 +203,9 @@ async def test_an_instance_reads_its_volume_and_cannot_write_to_a_read_only_one(
         await s.bus.publish(placed(image, [volume]))
         [started] = await until(lambda: s.watch.of(InstanceStarted), within=30)
         await until(lambda: all_answer(http, {started.instance_id: started}, settings.home), within=30)
+        # The scheduler told the api it can mount volumes.
+        entry = await (await s.bus.js.key_value(GPUS_BUCKET)).get(GPUS_KEY)
+        assert entry.value and msgspec.json.decode(entry.value, type=GpuInventory).volumes_refused == ""
         assert started.isolated  # its own uid, with the volume mounted before it became that uid
         greeting = str(mount_point / "greeting.txt")
         assert (await invoke(http, started.address, {"path": greeting}, settings.home))["result"] == (

@@ -8,6 +8,7 @@ import pytest
 
 from pier.cli.deploy import volume
 from pier.volumes import Volume, parse_roots, path_problem, under
+from services.scheduler.runtimes import mounts
 from services.scheduler.runtimes.mounts import wrap
 
 
@@ -73,3 +74,11 @@ def test_the_cli_volume_flag() -> None:
     for bad in ("data:/srv/data", "data:/srv/data:/data:rw", "::/data"):
         with pytest.raises(argparse.ArgumentTypeError, match="NAME:HOST_PATH:MOUNT_PATH"):
             volume(bad)
+
+
+def test_the_local_driver_says_why_it_cannot_mount(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mounts.os, "geteuid", lambda: 1000)
+    assert mounts.refused() == "the local runtime mounts volumes only as root (the scheduler runs as uid 1000)"
+    monkeypatch.setattr(mounts.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(mounts.shutil, "which", lambda tool: None if tool == "setpriv" else f"/usr/bin/{tool}")
+    assert mounts.refused() == "util-linux's setpriv not found on the scheduler's PATH"

@@ -76,7 +76,7 @@ class LocalRuntime:
             raise StartError(f"image {spec.image} does not exist (no image.json in {self.store.image(spec.image)})")
         if spec.volumes:
             # Never a run without the volumes it was placed with: refused before anything is made.
-            problem = self.volumes_refused() or await asyncio.to_thread(
+            problem = await asyncio.to_thread(self.volumes_refused) or await asyncio.to_thread(
                 mounts.check, spec.volumes, self.settings.volume_roots
             )
             if problem:
