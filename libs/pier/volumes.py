@@ -27,6 +27,11 @@ class Volume(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     read_only: bool = False
 
 
+def from_json(text: str | None) -> list[Volume]:
+    """The volumes as stored in PostgreSQL (a JSON list; NULL or empty: none)."""
+    return msgspec.json.decode(text or "[]", type=list[Volume])
+
+
 def parse_roots(text: str) -> list[str]:
     """PIER_VOLUME_ROOTS (comma-separated absolute paths) -> the roots, normalised. ValueError on a
     relative one."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
+from pier import volumes
 from pier.spec import Entrypoint
-from pier.volumes import Volume
 from services.api.errors import NotFound
 from services.api.schemas import InstanceOut, ModelOut, VersionOut
 
@@ -70,7 +70,7 @@ async def model_out(conn: asyncpg.Connection, row: asyncpg.Record, gateway_url: 
         cpu=row["cpu"],
         memory=row["memory"],
         disk_size=row["disk_size"],
-        volumes=msgspec.json.decode(row["volumes"] or "[]", type=list[Volume]),
+        volumes=volumes.from_json(row["volumes"]),
         queue_position=row["queue_position"] if row["state"] == "waiting" else None,
         workers=row["workers"],
         request_timeout=row["request_timeout"],

@@ -61,4 +61,4 @@ async def store(conn: asyncpg.Connection, model_id: str, asked: list[Volume]) ->
 
 
 def stored(row: asyncpg.Record) -> list[Volume]:
-    return msgspec.json.decode(row["volumes"] or "[]", type=list[Volume])
+    return pier_volumes.from_json(row["volumes"])

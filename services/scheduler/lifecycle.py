@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 
 from pier import bus as pier_bus
-from pier import outbox
+from pier import outbox, volumes
 from pier.events import (
     HealthPolicy,
     InstanceRecord,
@@ -22,7 +22,6 @@ from pier.events import (
     StopModel,
 )
 from pier.spec import Entrypoint
-from pier.volumes import Volume
 from services.scheduler.runtimes.base import Handle, InstanceSpec, StartError
 from services.scheduler.state import LIVE, OUTBOX_CHANNEL, ControllerState, log, run_event_id
 
@@ -251,7 +250,7 @@ def _spec(row: asyncpg.Record) -> InstanceSpec:
         disk_size=row["disk_size"],
         quota=row["quota"],
         health=msgspec.json.decode(row["health"], type=HealthPolicy) if row["health"] else HealthPolicy(),
-        volumes=tuple(msgspec.json.decode(row["volumes"], type=list[Volume])),
+        volumes=tuple(volumes.from_json(row["volumes"])),
     )
 
 

@@ -16,11 +16,20 @@ import msgspec
 import pytest
 
 from infra.k8s_sim.simulated_apiserver import validate
-from pier import bus
+from pier import bus, db
 from pier.config import Settings
-from pier.events import GPUS_BUCKET, GPUS_KEY, GpuInventory, InstanceStarted, InstanceStopped, PlaceModel
+from pier.events import (
+    GPUS_BUCKET,
+    GPUS_KEY,
+    BuildSucceeded,
+    GpuInventory,
+    InstanceStarted,
+    InstanceStopped,
+    PlaceModel,
+)
 from pier.spec import Entrypoint
 from pier.volumes import Volume
+from services.api.lifecycle import Lifecycle
 from services.scheduler.runtimes import mounts
 from services.scheduler.runtimes.local import LocalRuntime
 from tests.integration.test_api import _source, api
@@ -145,7 +154,7 @@ async def test_a_runtime_that_cannot_mount_volumes_refuses_them_at_create_with_i
         assert r.status == 201, await r.json()
 
 
-async def test_accepted_volumes_are_shown_and_fixed_once_created(api: Api, roots: Path) -> None:
+async def test_accepted_volumes_are_shown_fixed_once_created_and_placed_with_the_version(api: Api, roots: Path) -> None:
     session, settings = api
     await publish_inventory(settings, "")
     volumes = [vol("models", f"{roots}/models", "/models", read_only=True), vol("scratch", str(roots), "/scratch")]
@@ -158,6 +167,22 @@ async def test_accepted_volumes_are_shown_and_fixed_once_created(api: Api, roots
         assert (await r.json())["volumes"] == want
     async with session.patch("/v1/models/m", json={"volumes": []}) as r:
         assert r.status == 409 and (await r.json())["errors"][0]["field"] == "volumes"
+    # Carried with the placement once the version is built.
+    places: list[PlaceModel] = []
+    async with bus.connect(settings, "test-place") as b:
+
+        async def on_place(msg: Any) -> None:
+            places.append(msgspec.json.decode(msg.data, type=PlaceModel))
+
+        sub = await b.nc.subscribe(PlaceModel.subject(), cb=on_place)
+        pool = await db.create_pool(settings, "api")
+        try:
+            await Lifecycle(pool, b, settings).handle(BuildSucceeded(model_id=created["id"], version=1, image="img"))
+            (placed,) = await until(lambda: places, within=30)
+        finally:
+            await sub.unsubscribe()
+            await db.close_pool(pool)
+    assert [msgspec.structs.asdict(v) for v in placed.volumes] == want
 
 
 # ---- the local driver, as root -----------------------------------------------------------------------
