@@ -427,7 +427,8 @@ def _group(pgid: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and running(int(entry.name)):
-            with contextlib.suppress(FileNotFoundError):
+            # A process that ends meanwhile: FileNotFoundError, or ESRCH (ProcessLookupError) mid-read.
+            with contextlib.suppress(OSError):
                 stat = (entry / "stat").read_text()
                 if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
                     members.append(int(entry.name))
