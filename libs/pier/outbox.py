@@ -13,6 +13,7 @@ import contextlib
 
 import asyncpg
 import msgspec
+import nats.errors
 import structlog
 
 from pier import events, telemetry
@@ -63,8 +64,10 @@ class Relay:
                 try:
                     while await self.drain():
                         pass
-                except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                    log.warning("outbox relay will retry", error=str(exc))
+                # NATS errors too: just after nats-server restarts, before JetStream has loaded its
+                # streams, a publish gets "no responders"; the rows wait for the next try.
+                except (asyncpg.PostgresError, nats.errors.Error, OSError, TimeoutError) as exc:
+                    log.warning("outbox relay will retry", error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()
