@@ -45,8 +45,15 @@ def soak(minutes: float, every: float, out: Path) -> str:
             summary.write(out / "samples.csv", rows)  # as it goes: an interrupted soak keeps its figures
             print(f"{rows[-1]['t']:7.0f} s  calls {dict(tally.calls)}  operations {len(tally.ops)}", flush=True)
             time.sleep(max(0.0, began + len(rows) * every - time.monotonic()))
+        ended = time.monotonic()
         running.workload.stop()
-        outcomes = Counter(op.outcome if op.done is not None else "unfinished" for op in tally.ops)
+        # Each loop waits for its operation before it asks for the next: one unfinished at the end
+        # and younger than the bound was in flight, not stuck.
+        bound = running.workload.op_bound
+        outcomes = Counter(
+            op.outcome if op.done is not None else "in flight at the end" if ended - op.asked < bound else "stuck"
+            for op in tally.ops
+        )
         twice = (running.sampler.started_twice, running.sampler.gpus_twice)
     calls = ", ".join(f"{n} {k}" for k, n in sorted(tally.calls.items()))
     ops = Counter(op.what for op in tally.ops)

@@ -43,7 +43,7 @@ def write(path: Path, rows: list[dict[str, float]]) -> None:
 
 def _flat_within(column: str, mean: float) -> float:
     """How much a figure may move over the run and still count as flat: noise, not a trend."""
-    floor = 8.0 if column.startswith("rss_mib") else 4.0 if column.startswith("open_files") else 64.0
+    floor = 4.0 if column.startswith("rss_mib") else 4.0 if column.startswith("open_files") else 64.0
     return max(floor, 0.1 * abs(mean))
 
 

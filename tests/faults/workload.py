@@ -202,7 +202,7 @@ class Workload:
                 self.tally.ops.append(op)
                 path = f"/models/{CYCLED}/{what}"
                 if await self._ask(lambda path=path: self.client.api("POST", path), op) is not None:
-                    await self._settle(op, lambda want=want: self._model_state() == want)
+                    await self._settle(op, lambda want=want: want if self._model_state() == want else "")
 
     async def _ask(self, request: Callable[[], Any], op: Op) -> Any:
         """A management call, retried while the api cannot be reached, as the CLI's user would."""
