@@ -65,8 +65,9 @@ class Relay:
                     while await self.drain():
                         pass
                 # NATS errors too: just after nats-server restarts, before JetStream has loaded its
-                # streams, a publish gets "no responders"; the rows wait for the next try.
-                except (asyncpg.PostgresError, nats.errors.Error, OSError, TimeoutError) as exc:
+                # streams, a publish gets "no responders"; and asyncpg's InterfaceError, which ends
+                # a transaction whose connection PostgreSQL closed (a restart). The rows wait.
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, nats.errors.Error, OSError, TimeoutError) as exc:
                     log.warning("outbox relay will retry", error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):

@@ -30,11 +30,14 @@ TOKEN = "pier_faults_token"
 def _mount(home: Path, size: str) -> str | None:
     """A tmpfs of `size` on `home`; the reason it could not be made, or None."""
     home.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(home)],
-        capture_output=True,
-        text=True,
-    )
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(home)],
+            capture_output=True,
+            text=True,
+        )
+    except OSError as exc:  # no mount program at all
+        return f"cannot mount a tmpfs on PIER_HOME: {exc}"
     return None if done.returncode == 0 else f"cannot mount a tmpfs on PIER_HOME: {done.stderr.strip()}"
 
 

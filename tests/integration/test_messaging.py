@@ -6,6 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from infra.embedded import PostgresServer
 from pier import bus, db, events, outbox
 from pier.config import Settings
 from pier.events import BuildFailed, BuildStarted
@@ -163,5 +166,54 @@ async def test_the_relay_outlives_a_nats_server_with_no_stream_to_take_its_rows(
             await cancel_and_wait([consumer])
         finally:
             await cancel_and_wait([relay])
+    await db.close_pool(pool)
+    assert seen == [event.id]
+
+
+async def test_the_relay_outlives_its_database_connection_closing_mid_drain(
+    settings: Settings, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """As when PostgreSQL restarts while the relay holds a transaction open around a publish: the
+    transaction's end raises asyncpg's InterfaceError, which the relay (and with it the api) once
+    died of. The row stays, and is published on the next try."""
+    pool = await db.create_pool(settings, "t")
+    (tmp_path / "m").mkdir()
+    await db.migrate(pool, tmp_path / "m")
+    seen: list[str] = []
+
+    async def handler(event: BuildStarted) -> None:
+        seen.append(event.id)
+
+    async with bus.connect(settings, "test") as b:
+        publishing, go_on = asyncio.Event(), asyncio.Event()
+        publish = b.js.publish
+
+        async def held(subject: str, *args: Any, **kwargs: Any) -> Any:
+            if not go_on.is_set():
+                publishing.set()
+                await go_on.wait()
+            return await publish(subject, *args, **kwargs)
+
+        b.js.publish = held  # type: ignore[method-assign]
+        event = BuildStarted(model_id="m", version=1)
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.enqueue(conn, event, "t_outbox")
+        relay = asyncio.create_task(outbox.Relay(pool, b, "t_outbox").run())
+        consumer = asyncio.create_task(b.consume([BuildStarted], handler, durable="t4"))
+        try:
+            await until(publishing.is_set)
+            admin = await asyncpg.connect(postgres.url(settings.database_url.rsplit("/", 1)[1]))
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pier-t'"
+                )
+            finally:
+                await admin.close()
+            go_on.set()
+            await until(lambda: seen or relay.done(), within=15)
+            assert not relay.done(), relay.exception()
+            assert await until(lambda: _outbox_empty(settings), within=15)
+        finally:
+            await cancel_and_wait([relay, consumer])
     await db.close_pool(pool)
     assert seen == [event.id]
