@@ -184,7 +184,11 @@ def test_no_call_lost_nothing_stuck_or_done_twice(faulted: Faulted, fault: str) 
     cut = [f for f in tally.failures if gateway_killed and f[0] <= began + 0.5 and f[1] >= began]
     lost = len(tally.failures) - len(cut)
     stuck = [o for o in hit if o.done is None or o.done > ended + STUCK_BOUND]
-    failed = [o for o in hit if o.outcome == "failed" or o.outcome.startswith("refused")]
+    failed = all_failed = [o for o in hit if o.outcome.startswith(("failed", "refused"))]
+    # The documented exception: an instance started while PIER_HOME is full cannot get its work
+    # folder, and its deploy fails saying so (the version before it goes on serving).
+    if fault == "PIER_HOME full":
+        failed = [o for o in failed if "No space left on device" not in o.outcome]
     REPORT.append(
         {
             "fault": fault,
@@ -193,7 +197,7 @@ def test_no_call_lost_nothing_stuck_or_done_twice(faulted: Faulted, fault: str) 
             "lost": lost,
             "ops": len(hit),
             "stuck": len(stuck),
-            "failed": len(failed),
+            "failed": len(all_failed),
             "builds 2x": len(builds_twice),
             "starts 2x": len(starts_twice),
             "gpus 2x": len(gpus_twice),
@@ -203,7 +207,7 @@ def test_no_call_lost_nothing_stuck_or_done_twice(faulted: Faulted, fault: str) 
                     None,
                     [
                         *tally.other,
-                        *(f"{o.what} {o.outcome or 'unfinished'}" for o in stuck + failed),
+                        *(f"{o.what} {o.outcome or 'unfinished'}" for o in stuck + all_failed),
                         *(f"{name} crashed" for name in crashed),
                     ],
                 )

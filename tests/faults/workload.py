@@ -231,7 +231,10 @@ class Workload:
 
     def _version_finished(self, version: int) -> str:
         model = self.client.model(DEPLOYED)
-        state = next((v["state"] for v in model["versions"] if v["number"] == version), "")
+        mine = next((v for v in model["versions"] if v["number"] == version), {})
+        state = str(mine.get("state", ""))
+        if state == "failed":
+            return f"failed: {mine.get('reason') or 'no reason given'}"
         return state if state in FINISHED else ""
 
     def _model_state(self) -> str:
