@@ -275,8 +275,12 @@ class Controller:
 
         await self.bus.nc.subscribe(PLAN_SUBJECT, queue="scheduler", cb=answer)
 
-    async def load(self) -> None:
-        """Rebuild the queue from the database: GPUs allocated, requests waiting, in their order."""
+    async def load(self) -> list[Request]:
+        """Rebuild the queue from the database: GPUs allocated, requests waiting, in their order.
+        Returns the CPU requests found waiting, for the caller to place: a CPU request is placed as
+        soon as it is accepted, so one still waiting was accepted by a scheduler killed before it
+        placed it, and the wait queue (GPU types only) has no place for it."""
+        unplaced: list[Request] = []
         used = await self.pool.fetch("SELECT node, device FROM allocations")
         self.queue = Queue(self.inventory, [(r["node"], r["device"]) for r in used])
         self._commands.clear()
@@ -296,7 +300,12 @@ class Controller:
             self._commands[cmd.id] = cmd
             if row["position"] is not None:
                 self._positions[cmd.id] = row["position"]
-            self.queue.restore(_request(cmd, row["seq"]))
+            request = _request(cmd, row["seq"])
+            if request.gpu_type is None or request.gpu_count <= 0:
+                unplaced.append(request)
+            else:
+                self.queue.restore(request)
+        return unplaced
 
     async def _schedule(self, gpu_types: Iterable[str]) -> None:
         types = [t for t in set(gpu_types) if t]
@@ -590,7 +599,7 @@ class Controller:
         """After a crash or a platform restart: adopt the runs still alive, start the dead ones
         again. Pid and start time together decide, so no instance ever runs twice."""
         async with self._lock:
-            await self.load()
+            unplaced = await self.load()
             rows = await self.pool.fetch("SELECT * FROM instances WHERE state = ANY($1) ORDER BY created_at", LIVE)
             adopted = started = 0
             for row in rows:
@@ -601,7 +610,9 @@ class Controller:
                 else:
                     await self._start(row)
                     started += 1
-            log.info("reconciled", adopted=adopted, started=started)
+            for request in unplaced:
+                await self._commit(self.queue.submit(request))
+            log.info("reconciled", adopted=adopted, started=started, placed=len(unplaced))
             # GPUs freed while no scheduler ran (or an inventory that grew) may let waiting ones start.
             await self._schedule(self.queue.types())
 
