@@ -43,7 +43,7 @@ def _pg(server: PostgresServer, program: str, *args: str) -> None:
 
 def _greets(client: Client, token: str) -> bool:
     try:
-        return client.call("hello", data={"name": "Ada"}, token=token)["result"]["greeting"] == "Hello, Ada!"
+        return client.predict("hello", data={"name": "Ada"}, token=token)["result"]["greeting"] == "Hello, Ada!"
     except (ApiError, OSError):
         return False
 
