@@ -13,6 +13,7 @@ import contextlib
 
 import asyncpg
 import msgspec
+import nats.errors
 import structlog
 
 from pier import events, telemetry
@@ -63,8 +64,11 @@ class Relay:
                 try:
                     while await self.drain():
                         pass
-                except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                    log.warning("outbox relay will retry", error=str(exc))
+                # NATS errors too: just after nats-server restarts, before JetStream has loaded its
+                # streams, a publish gets "no responders"; and asyncpg's InterfaceError, which ends
+                # a transaction whose connection PostgreSQL closed (a restart). The rows wait.
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, nats.errors.Error, OSError, TimeoutError) as exc:
+                    log.warning("outbox relay will retry", error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()

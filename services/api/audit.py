@@ -191,8 +191,9 @@ def action_of(request: web.Request) -> Action | None:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON body as a dict (read once: aiohttp keeps it for the handler), else {}."""
-    if request.content_type != "application/json" or not request.can_read_body:
+    """The request's JSON body as a dict (read once: aiohttp keeps it for the handler), else {}.
+    `body_exists`, not `can_read_body`: a middleware before this one may have read it already."""
+    if request.content_type != "application/json" or not request.body_exists:
         return {}
     try:
         body = msgspec.json.decode(await request.read())

@@ -116,6 +116,7 @@ class LogFolder:
         self.bus = bus
 
     async def run(self) -> None:
+        await self._number_past_the_table()
         config = ConsumerConfig(
             durable_name=FOLD_DURABLE,
             ack_policy=AckPolicy.EXPLICIT,
@@ -145,6 +146,20 @@ class LogFolder:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _number_past_the_table(self) -> None:
+        """A PIER_LOGS younger than the table (a database restored beside an empty NATS store, or a
+        store lost) numbers its messages from 1 again: numbers `log_batches` holds already, so every
+        new line would be dropped as a copy of an old one. Its numbering moves past the table's
+        first (purging up to a sequence beyond the last sets the next one)."""
+        top = await self.pool.fetchval("SELECT max(seq) FROM log_batches")
+        if top is None:
+            return
+        after = top // LOG_BATCH_MAX + 1
+        info = await self.bus.js.stream_info(events.LOGS_STREAM)
+        if (info.state.last_seq or 0) < after:
+            log.warning("log stream numbered behind the stored lines; moved past them", first=after)
+            await self.bus.js.purge_stream(events.LOGS_STREAM, seq=after)
 
     async def store(self, msgs: list[Msg]) -> None:
         """One row per message, all of a fetch in one pipelined round trip: PostgreSQL's work

@@ -38,7 +38,7 @@ def nul_field(value: Any, where: str = "") -> str | None:
 
 
 async def _body_field(request: web.Request) -> str | None:
-    if request.content_type != "application/json" or not request.can_read_body:
+    if request.content_type != "application/json" or not request.body_exists:
         return None
     try:
         body = msgspec.json.decode(await request.read())  # kept by aiohttp: the handler reads it again

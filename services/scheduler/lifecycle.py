@@ -217,7 +217,7 @@ class Lifecycle(ControllerState):
         """After a crash or a platform restart: adopt the runs still alive, start the dead ones
         again. Pid and start time together decide, so no instance ever runs twice."""
         async with self._lock:
-            await self.load()
+            unplaced = await self.load()
             rows = await self.pool.fetch("SELECT * FROM instances WHERE state = ANY($1) ORDER BY created_at", LIVE)
             adopted = started = 0
             for row in rows:
@@ -228,7 +228,9 @@ class Lifecycle(ControllerState):
                 else:
                     await self._start(row)
                     started += 1
-            log.info("reconciled", adopted=adopted, started=started)
+            for request in unplaced:
+                await self._commit(self.queue.submit(request))
+            log.info("reconciled", adopted=adopted, started=started, placed=len(unplaced))
             # GPUs freed while no scheduler ran (or an inventory that grew) may let waiting ones start.
             await self._schedule(self.queue.types())
 

@@ -209,8 +209,12 @@ class Placing(ControllerState):
 
         await self.bus.nc.subscribe(PLAN_SUBJECT, queue="scheduler", cb=answer)
 
-    async def load(self) -> None:
-        """Rebuild the queue from the database: GPUs allocated, requests waiting, in their order."""
+    async def load(self) -> list[Request]:
+        """Rebuild the queue from the database: GPUs allocated, requests waiting, in their order.
+        Returns the CPU requests found waiting, for the caller to place: a CPU request is placed as
+        soon as it is accepted, so one still waiting was accepted by a scheduler killed before it
+        placed it, and the wait queue (GPU types only) has no place for it."""
+        unplaced: list[Request] = []
         used = await self.pool.fetch("SELECT node, device FROM allocations")
         self.queue = Queue(self.inventory, [(r["node"], r["device"]) for r in used])
         self._commands.clear()
@@ -230,7 +234,12 @@ class Placing(ControllerState):
             self._commands[cmd.id] = cmd
             if row["position"] is not None:
                 self._positions[cmd.id] = row["position"]
-            self.queue.restore(_request(cmd, row["seq"]))
+            request = _request(cmd, row["seq"])
+            if request.gpu_type is None or request.gpu_count <= 0:
+                unplaced.append(request)
+            else:
+                self.queue.restore(request)
+        return unplaced
 
     async def _schedule(self, gpu_types: Iterable[str]) -> None:
         types = [t for t in set(gpu_types) if t]

@@ -17,7 +17,7 @@ from pier import bus as pier_bus
 from pier.bus import Bus
 from pier.events import INSTANCES_BUCKET, PlaceModel, RestartInstance, StopModel
 from services.scheduler.inventory import Inventory
-from services.scheduler.queue import Queue
+from services.scheduler.queue import Placement, Queue, Request
 from services.scheduler.runtimes.base import Handle, Runtime
 
 log = structlog.get_logger("scheduler")
@@ -66,7 +66,9 @@ class ControllerState:
 
     if TYPE_CHECKING:
         # Implemented by the parts (placement, lifecycle, metering), which call each other through self.
-        async def load(self) -> None: ...
+        async def load(self) -> list[Request]: ...
+
+        async def _commit(self, placements: list[Placement]) -> None: ...
 
         async def _schedule(self, gpu_types: Iterable[str]) -> None: ...
 

@@ -71,7 +71,7 @@ async def test_deploy_runs_a_pod_that_answers_through_the_gateway_and_terminate_
     assert done.returncode == 0, done.stdout + done.stderr
 
     s = k8s_platform.settings
-    answer = Client(api_url=s.api_url, gateway_url=s.gateway_url, token=TOKEN).call("hello", data={"name": "Kube"})
+    answer = Client(api_url=s.api_url, gateway_url=s.gateway_url, token=TOKEN).predict("hello", data={"name": "Kube"})
     assert answer["result"]["greeting"] == "Hello, Kube!"
 
     (deployment,) = await objects(cluster, "deployments")

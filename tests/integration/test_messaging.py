@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
-from pier import bus, db, outbox
+import asyncpg
+
+from infra.embedded import PostgresServer
+from pier import bus, db, events, outbox
 from pier.config import Settings
 from pier.events import BuildFailed, BuildStarted
 from pier.tasks import cancel_and_wait
@@ -123,3 +127,93 @@ async def test_a_consumer_cancelled_once_ends_even_while_a_handler_shrugs_off_a_
         finally:
             await cancel_and_wait([task])
     assert len(cancels) == 2
+
+
+async def test_the_relay_outlives_a_nats_server_with_no_stream_to_take_its_rows(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """As just after nats-server restarts, before JetStream has loaded its streams: publishing gets
+    "no responders". The relay (and with it the api and the scheduler) once died of it."""
+    pool = await db.create_pool(settings, "t")
+    (tmp_path / "m").mkdir()
+    await db.migrate(pool, tmp_path / "m")
+    seen: list[str] = []
+
+    async def handler(event: BuildStarted) -> None:
+        seen.append(event.id)
+
+    async with bus.connect(settings, "test") as b:
+        await b.js.delete_stream(events.EVENTS_STREAM)
+        tries: list[str] = []
+        publish = b.js.publish
+
+        async def counted(subject: str, *args: Any, **kwargs: Any) -> Any:
+            tries.append(subject)
+            return await publish(subject, *args, **kwargs)
+
+        b.js.publish = counted  # type: ignore[method-assign]
+        event = BuildStarted(model_id="m", version=1)
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.enqueue(conn, event, "t_outbox")
+        relay = asyncio.create_task(outbox.Relay(pool, b, "t_outbox").run())
+        try:
+            await until(lambda: tries or relay.done())
+            await until(lambda: len(tries) >= 2 or relay.done(), within=15)  # a retry, not a crash
+            assert not relay.done(), relay.exception()
+            await b.declare()
+            consumer = asyncio.create_task(b.consume([BuildStarted], handler, durable="t3"))
+            await until(lambda: seen, within=15)
+            await cancel_and_wait([consumer])
+        finally:
+            await cancel_and_wait([relay])
+    await db.close_pool(pool)
+    assert seen == [event.id]
+
+
+async def test_the_relay_outlives_its_database_connection_closing_mid_drain(
+    settings: Settings, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """As when PostgreSQL restarts while the relay holds a transaction open around a publish: the
+    transaction's end raises asyncpg's InterfaceError, which the relay (and with it the api) once
+    died of. The row stays, and is published on the next try."""
+    pool = await db.create_pool(settings, "t")
+    (tmp_path / "m").mkdir()
+    await db.migrate(pool, tmp_path / "m")
+    seen: list[str] = []
+
+    async def handler(event: BuildStarted) -> None:
+        seen.append(event.id)
+
+    async with bus.connect(settings, "test") as b:
+        publishing, go_on = asyncio.Event(), asyncio.Event()
+        publish = b.js.publish
+
+        async def held(subject: str, *args: Any, **kwargs: Any) -> Any:
+            if not go_on.is_set():
+                publishing.set()
+                await go_on.wait()
+            return await publish(subject, *args, **kwargs)
+
+        b.js.publish = held  # type: ignore[method-assign]
+        event = BuildStarted(model_id="m", version=1)
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.enqueue(conn, event, "t_outbox")
+        relay = asyncio.create_task(outbox.Relay(pool, b, "t_outbox").run())
+        consumer = asyncio.create_task(b.consume([BuildStarted], handler, durable="t4"))
+        try:
+            await until(publishing.is_set)
+            admin = await asyncpg.connect(postgres.url(settings.database_url.rsplit("/", 1)[1]))
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pier-t'"
+                )
+            finally:
+                await admin.close()
+            go_on.set()
+            await until(lambda: seen or relay.done(), within=15)
+            assert not relay.done(), relay.exception()
+            assert await until(lambda: _outbox_empty(settings), within=15)
+        finally:
+            await cancel_and_wait([relay, consumer])
+    await db.close_pool(pool)
+    assert seen == [event.id]

@@ -427,8 +427,39 @@ def _group(pgid: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and running(int(entry.name)):
-            with contextlib.suppress(FileNotFoundError):
+            # A process that ends meanwhile: FileNotFoundError, or ESRCH (ProcessLookupError) mid-read.
+            with contextlib.suppress(OSError):
                 stat = (entry / "stat").read_text()
                 if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
                     members.append(int(entry.name))
     return members
+
+
+async def test_a_cpu_placement_accepted_by_a_scheduler_killed_before_placing_it_starts_at_the_next_start(
+    settings: Settings,
+) -> None:
+    """A scheduler records a placement as waiting, then places it, in two transactions; killed with
+    SIGKILL between them it left a CPU request `waiting`. The next scheduler died at start on it,
+    again and again (the wait queue is for GPU requests), and the deploy never started."""
+    image = make_image(settings, PREDICT)
+    cmd = place(image)
+    pool = await db.create_pool(settings, "scheduler")
+    try:
+        await db.migrate(pool, MIGRATIONS)
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.first_time(conn, cmd.id)
+            await conn.execute(
+                "INSERT INTO requests (id, model_id, version, gpu_type, gpu_count, instances, command, state)"
+                " VALUES ($1, $2, $3, NULL, 0, 1, $4, 'waiting')",
+                cmd.id,
+                cmd.model_id,
+                cmd.version,
+                msgspec.json.encode(cmd).decode(),
+            )
+    finally:
+        await db.close_pool(pool)
+    async with scheduler_in_process(settings) as s:
+        records = await until(lambda: _at_least(s.records(), 1), within=30)
+        assert [r.model_id for r in records.values()] == [cmd.model_id]
+        state = await s.controller.pool.fetchval("SELECT state FROM requests WHERE id = $1", cmd.id)
+        assert state == "placed"
