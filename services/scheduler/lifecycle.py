@@ -138,16 +138,7 @@ class Lifecycle(ControllerState):
         record = _record(row, handle)
         kv = await self._instances()
         await kv.put(instance_id, msgspec.json.encode(record))
-        started = InstanceStarted(
-            id=event_id or run_event_id(instance_id, generation, "started"),
-            model_id=row["model_id"],
-            version=row["version"],
-            instance_id=instance_id,
-            address=handle.address,
-            node=row["node"],
-            gpu_devices=list(row["gpu_devices"]),
-            isolated=handle.uid is not None,
-        )
+        started = _started(row, handle, event_id or run_event_id(instance_id, generation, "started"))
         async with self.pool.acquire() as conn, conn.transaction():
             if inbox_id is not None:
                 await outbox.first_time(conn, inbox_id)
@@ -170,16 +161,7 @@ class Lifecycle(ControllerState):
             return
         # The scheduler died between starting the process and recording it: record it now.
         generation = row["generation"] + 1
-        started = InstanceStarted(
-            id=run_event_id(instance_id, generation, "started"),
-            model_id=row["model_id"],
-            version=row["version"],
-            instance_id=instance_id,
-            address=handle.address,
-            node=row["node"],
-            gpu_devices=list(row["gpu_devices"]),
-            isolated=handle.uid is not None,
-        )
+        started = _started(row, handle, run_event_id(instance_id, generation, "started"))
         async with self.pool.acquire() as conn, conn.transaction():
             await self._record_run(conn, instance_id, handle, generation)
             await outbox.enqueue(conn, started, OUTBOX_CHANNEL)
@@ -233,6 +215,20 @@ class Lifecycle(ControllerState):
             log.info("reconciled", adopted=adopted, started=started, placed=len(unplaced))
             # GPUs freed while no scheduler ran (or an inventory that grew) may let waiting ones start.
             await self._schedule(self.queue.types())
+
+
+def _started(row: asyncpg.Record, handle: Handle, event_id: str) -> InstanceStarted:
+    """The event saying a run of the instance in `row` is up (started, or found alive and adopted)."""
+    return InstanceStarted(
+        id=event_id,
+        model_id=row["model_id"],
+        version=row["version"],
+        instance_id=row["instance_id"],
+        address=handle.address,
+        node=row["node"],
+        gpu_devices=list(row["gpu_devices"]),
+        isolated=handle.uid is not None,
+    )
 
 
 def _spec(row: asyncpg.Record) -> InstanceSpec:
