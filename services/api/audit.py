@@ -56,7 +56,8 @@ _CODE = ("source", "source_name", "git", "ref", "git_credential", "environment",
 # Every state-changing route of the app (a test fails for one missing here). None: not a change
 # (a dry run), or a sign-in-like route whose every request would be noise.
 ACTIONS: dict[tuple[str, str], Action | None] = {
-    ("POST", "/v1/models"): Action("model.create", _CODE),
+    # The volumes too: which host folders a model API mounts is an admin's question.
+    ("POST", "/v1/models"): Action("model.create", (*_CODE, "volumes")),
     ("POST", "/v1/models/{ref}/versions"): Action("version.create", _CODE, ("number",)),
     ("PATCH", "/v1/models/{ref}"): Action("settings.change"),
     ("PUT", "/v1/models/{ref}/labels/{label}"): Action("label.promote", ("version",)),
