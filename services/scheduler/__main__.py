@@ -11,7 +11,7 @@ from pier.events import PlaceModel, RestartInstance, StopModel
 from pier.service import announce_ready, run
 from pier.tasks import together
 from services.scheduler.controller import OUTBOX_CHANNEL, Controller
-from services.scheduler.leader import leadership
+from services.scheduler.leader import Lost, leadership, log
 from services.scheduler.logship import LogShipper
 from services.scheduler.runtimes import open_runtime
 
@@ -19,6 +19,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def main(settings: Settings) -> None:
+    leading: list[Controller] = []  # the controller of the current term, for the gauges
+    _gauges(leading)
+    while True:
+        try:
+            await _lead(settings, leading)
+            return
+        except Lost:
+            # The lock's session ended (PostgreSQL restarted, the network cut): another scheduler may
+            # lead now, so this one starts over as a standby, from the database, as a restart would.
+            leading.clear()
+            log.warning("no longer leading; waiting for the lock again")
+
+
+async def _lead(settings: Settings, leading: list[Controller]) -> None:
     # Standbys wait here, before anything that reads or changes placements (services/scheduler/leader.py).
     async with (
         leadership(settings) as leader,
@@ -29,7 +43,7 @@ async def main(settings: Settings) -> None:
         try:
             await db.migrate(pool, MIGRATIONS)
             controller = Controller(pool, b, runtime, await runtime.inventory())
-            _gauges(controller)
+            leading[:] = [controller]
             await controller.reconcile()
             await controller.serve_plans()
             await announce_ready(b, "scheduler")
@@ -46,18 +60,20 @@ async def main(settings: Settings) -> None:
             await db.close_pool(pool)
 
 
-def _gauges(controller: Controller) -> None:
-    """The GPUs and the wait queue, read from the leader's queue at each scrape."""
+def _gauges(leading: list[Controller]) -> None:
+    """The GPUs and the wait queue, read from the leading controller's queue at each scrape."""
 
     def gpus() -> Iterable[tuple[tuple[str, ...], float]]:
-        for gpu_type, n in controller.queue.totals().items():
-            yield (gpu_type, "free"), n["free"]
-            yield (gpu_type, "in_use"), n["total"] - n["free"]
+        for controller in leading:
+            for gpu_type, n in controller.queue.totals().items():
+                yield (gpu_type, "free"), n["free"]
+                yield (gpu_type, "in_use"), n["total"] - n["free"]
 
     def waiting() -> Iterable[tuple[tuple[str, ...], float]]:
-        for gpu_type, n in controller.queue.totals().items():
-            yield (gpu_type, "model_versions"), n["waiting"]
-            yield (gpu_type, "gpus"), n["requested"]
+        for controller in leading:
+            for gpu_type, n in controller.queue.totals().items():
+                yield (gpu_type, "model_versions"), n["waiting"]
+                yield (gpu_type, "gpus"), n["requested"]
 
     metrics.REGISTRY.gauge("pier_scheduler_gpus", "GPUs by type and state (free, in_use)", ("gpu_type", "state"), gpus)
     metrics.REGISTRY.gauge(

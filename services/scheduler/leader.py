@@ -7,8 +7,9 @@ connection closes, PostgreSQL releases the lock at once, and the standby waiting
 `pg_advisory_lock` becomes the leader and rebuilds its state from the database (`reconcile`).
 
 A leader whose lock connection fails (PostgreSQL restarted, the network cut) can no longer tell
-whether it still leads, so it stops (`Lost`, and the process exits): a fresh start waits for the
-lock again. As Kubernetes controllers do with their lease.
+whether it still leads, so it stops leading (`Lost`: its work is cancelled) and waits for the lock
+again as a standby; when it leads again it rebuilds everything from the database, as a fresh start
+would. As Kubernetes controllers do when they lose their lease.
 """
 
 from __future__ import annotations
@@ -59,14 +60,24 @@ class Leader:
                 raise Lost(repr(exc)) from None
 
 
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    """The lock's own connection; while PostgreSQL is down or starting, try again each second."""
+    while True:
+        try:
+            return await asyncpg.connect(
+                settings.database_url,
+                password=passwords.read(settings.database_password_file),
+                server_settings={"application_name": application_name()},
+            )
+        except (OSError, asyncpg.CannotConnectNowError) as exc:
+            log.warning("cannot reach PostgreSQL for the leader lock; trying again", error=repr(exc))
+            await asyncio.sleep(CHECK_EVERY)
+
+
 @contextlib.asynccontextmanager
 async def leadership(settings: Settings) -> AsyncIterator[Leader]:
     """Wait until this process holds the lock, then lead for the block."""
-    conn = await asyncpg.connect(
-        settings.database_url,
-        password=passwords.read(settings.database_password_file),
-        server_settings={"application_name": application_name()},
-    )
+    conn = await _connect(settings)
     try:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
             log.info("standby: another scheduler leads; waiting for its lock")
