@@ -4,9 +4,11 @@ instance processes."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
+import signal
 import socket
 from pathlib import Path
 
@@ -193,3 +195,27 @@ async def test_an_instance_holds_its_port_from_the_start_so_nothing_else_can_tak
             assert (await invoke(http, handle.address, {}, settings.home))["result"] == "loaded"
     finally:
         await runtime.stop("port-held")
+
+
+async def test_a_run_no_scheduler_recorded_is_stopped_before_the_instance_starts_again(settings: Settings) -> None:
+    # A scheduler killed between spawning a run and writing its pid file left the run going, and the
+    # next scheduler started the instance again beside it: the fault suite saw it run twice.
+    runtime = LocalRuntime(settings)
+    work = runtime.instance_dir("twice") / "work"
+    work.mkdir(parents=True)
+    left = await asyncio.create_subprocess_exec("sleep", "300", cwd=work, start_new_session=True)
+    try:
+        spec = InstanceSpec(
+            instance_id="twice", model_id="m", version=1, version_id="v1", image=make_image(settings, PREDICT),
+            entrypoint=Entrypoint(file="predict.py", function="predict"),
+        )  # fmt: skip
+        await runtime.start(spec)
+        try:
+            assert await asyncio.wait_for(left.wait(), 10) == -signal.SIGKILL
+            assert "stopped 1 process(es) of a run no scheduler recorded" in runtime.log_path("twice").read_text()
+        finally:
+            await runtime.stop("twice")
+    finally:
+        if left.returncode is None:
+            left.kill()
+            await left.wait()

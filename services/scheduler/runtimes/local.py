@@ -84,6 +84,10 @@ class LocalRuntime:
         image_dir = self.store.image(spec.image)
         directory = self.instance_dir(spec.instance_id)
         work = directory / "work"
+        # A start comes when no recorded run is alive, so any process still in the instance's folder
+        # is a run a scheduler started and was killed before it recorded: stopped, or it runs twice.
+        if stopped := await asyncio.to_thread(_stop_unrecorded, directory):
+            self.note(spec.instance_id, f"pier: stopped {stopped} process(es) of a run no scheduler recorded")
         try:
             await asyncio.to_thread(_fresh_copy, image_dir / "code", work)
         except OSError as exc:
@@ -137,12 +141,13 @@ class LocalRuntime:
         start_time = _stat(proc.pid)
         # A child that has not been reaped keeps its /proc entry, so its start time is readable.
         assert start_time is not None
+        handle = Handle(pid=proc.pid, start_time=start_time.start_time, port=port, uid=uid, secret=secret)
+        self._children[spec.instance_id] = proc
+        # Recorded at once: a run no pid file names is one a later scheduler cannot adopt.
+        _write_pid_file(directory / "pid", handle)
         if spec.cpu > 0 or spec.memory > 0:
             how = await asyncio.to_thread(apply_quota, proc.pid, spec)
             self.note(spec.instance_id, f"pier: quota {spec.quota or 'custom'} applied with {how}")
-        handle = Handle(pid=proc.pid, start_time=start_time.start_time, port=port, uid=uid, secret=secret)
-        self._children[spec.instance_id] = proc
-        _write_pid_file(directory / "pid", handle)
         log.info("instance started", instance_id=spec.instance_id, pid=proc.pid, port=port)
         return handle
 
@@ -411,6 +416,30 @@ def _stop_recorded(directory: Path, timeout: float) -> bool:
             _wait_gone(handle.pid, 5.0)
     pid_file.unlink(missing_ok=True)
     return was_alive
+
+
+def _stop_unrecorded(directory: Path, timeout: float = 5.0) -> int:
+    """SIGKILL the process groups of processes working in `directory` (the pid file names none of
+    them alive when this is called); how many processes there were."""
+    prefix = str(directory.resolve()) + os.sep
+    groups: set[int] = set()
+    found = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        stat = _stat(int(entry.name))
+        if (cwd + os.sep).startswith(prefix) and stat is not None and stat.state not in ("Z", "X"):
+            groups.add(stat.pgrp)
+            found += 1
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        _wait_gone(pgid, timeout)
+    return found
 
 
 def _open_log(path: Path, mode: str) -> IO[Any]:
