@@ -36,6 +36,8 @@ from pier.tasks import cancel_and_wait
 
 log = structlog.get_logger("bus")
 DAY = 86400.0
+# How long a consumer waits before it fetches again from a JetStream that answered 503.
+FETCH_RETRY = 0.5
 
 M = TypeVar("M", bound=Message)
 Handler = Callable[[Any], Awaitable[None]]
@@ -157,6 +159,12 @@ class Bus:
                 try:
                     msgs = await sub.fetch(1, timeout=5.0)
                 except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+                    # JetStream answers 503 (or nobody answers) for a moment after nats-server
+                    # restarts: the consumer waits for it rather than take its service down.
+                    log.warning("JetStream unavailable; fetching again", durable=durable, error=repr(exc))
+                    await asyncio.sleep(FETCH_RETRY)
                     continue
                 for msg in msgs:
                     await slots.acquire()

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from pier.cli.command import add
+from pier.cli.following import stop_following
 from pier.cli.usage import UsageError
 from pier.client import Client
 from pier.client.answers import Event
@@ -45,7 +46,7 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
             for event in client.follow_events(args.name, last_event_id=last):
                 _print(event, args.json)
         except KeyboardInterrupt:
-            pass
+            stop_following()
     return 0
 
 

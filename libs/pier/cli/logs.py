@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from pier.cli.command import add
+from pier.cli.following import stop_following
 from pier.client import Client
 from pier.client.answers import LogLine
 
@@ -28,7 +29,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
             for line in client.follow_logs(args.name, **query):
                 print(json.dumps(line) if args.json else _show(line), flush=True)
         except KeyboardInterrupt:
-            pass
+            stop_following()
         return 0
     page = client.logs(args.name, **query)
     for line in page["lines"]:
