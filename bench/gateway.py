@@ -204,10 +204,10 @@ def flask_command(work: Path, port: int, app: str = "flask_app:app") -> list[str
 
 
 @contextlib.contextmanager
-def isolated(work: Path, workers: int = 1) -> Iterator[tuple[dict[str, str], dict[str, int]]]:
-    """The isolated paths: NATS, one harness instance on MODEL and the gateway in front of it,
-    Flask + gunicorn w2 and a plain aiohttp proxy; yields their URLs by name and the pids of the
-    gateway and the instance, and stops them all on the way out."""
+def isolated(work: Path, workers: int = 1, gateways: int = 1) -> Iterator[tuple[dict[str, str], dict[str, int]]]:
+    """The isolated paths: NATS, one harness instance on MODEL and `gateways` gateway processes on
+    one port in front of it, Flask + gunicorn w2 and a plain aiohttp proxy; yields their URLs by
+    name and the pids of the (first) gateway and the instance, and stops them all on the way out."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "model.py").write_text(MODEL)
     (work / "flask_app.py").write_text(textwrap.dedent(FLASK_APP))
@@ -218,7 +218,12 @@ def isolated(work: Path, workers: int = 1) -> Iterator[tuple[dict[str, str], dic
     try:
         ports = {name: free_port() for name in ("harness", "gateway", "flask", "proxy")}
         settings = config.load(
-            env={}, home=work / "pier", nats_url=nats.url, gateway_port=ports["gateway"], gateway_metrics_port=0
+            env={},
+            home=work / "pier",
+            nats_url=nats.url,
+            gateway_port=ports["gateway"],
+            gateway_metrics_port=0,
+            gateway_processes=gateways,
         )
         base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "libs"), str(ROOT)])}
         harness_env = {
@@ -240,7 +245,13 @@ def isolated(work: Path, workers: int = 1) -> Iterator[tuple[dict[str, str], dic
                 base_env,
                 work / "proxy.log",
             ),
+            contextlib.ExitStack() as more,
         ):
+            for k in range(2, gateways + 1):
+                # On the first one's port (SO_REUSEPORT): its own /metrics port says when it listens.
+                own = free_port()
+                env = {**gateway_env, "PIER_GATEWAY_METRICS_PORT": str(own)}
+                more.enter_context(process([py, "-m", "services.gateway"], own, env, work / f"gateway-{k}.log"))
             asyncio.run(publish(settings, harness_addr, workers))
             targets = {
                 "a gateway": f"{settings.gateway_url}/models/bench/latest/model",
@@ -258,6 +269,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--workers", type=int, default=1, help="harness workers (PIER_WORKERS)")
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes on the one port (default 1)")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -271,7 +283,7 @@ def main() -> None:
         work = Path(tmp)
         script = work / "post.lua"
         script.write_text(LUA % BODY)
-        with isolated(work, args.workers) as (targets, pids):
+        with isolated(work, args.workers, args.gateways) as (targets, pids):
             for url in targets.values():  # warm up every path (connections, imports)
                 wrk(url, 8, 1, script)
             print(f"{'':16} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}")

@@ -145,6 +145,7 @@ class Bench:
         self.scripts: dict[tuple[str, str], Path] = {}
         # Headers a URL needs: an instance answers only callers with its secret (the gateway's).
         self.headers: dict[str, dict[str, str]] = {}
+        self.rounds: dict[tuple[str, int], list[Figures]] = {}
 
     def script(self, body: str, url: str = "") -> Path:
         headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in self.headers.get(url, {}).items())
@@ -154,32 +155,47 @@ class Bench:
             path.write_text(LUA % body + headers)
         return self.scripts[key]
 
-    def measure(self, url: str, c: int, body: str = BODY, between: Callable[[], None] | None = None) -> Figures:
-        """Medians of `runs` wrk runs; `between` (if given) is called after each, for sampling."""
-        runs = []
-        for _ in range(self.runs):
-            runs.append(attempt(url, c, self.duration, self.script(body, url)))
-            if between:
-                between()
-        # The median of the runs that served every call; nan only when none did (a nan in a median
-        # makes it meaningless, and one run shed on a starved machine said nothing of the others).
-        served = [r for r in runs if r[0] == r[0]] or [NO_FIGURES]
-        return (
-            statistics.median(r[0] for r in served),
-            statistics.median(r[1] for r in served),
-            statistics.median(r[2] for r in served),
-        )
-
-    def table(self, title: str, targets: dict[str, str], body: str = BODY) -> dict[tuple[str, int], Figures]:
-        for url in targets.values():  # warm up every path (connections, imports)
+    def table(self, title: str, targets: dict[str, tuple[str, str]]) -> None:
+        """wrk on each target (url, body) at each concurrency, `runs` rounds of all the targets in
+        turn, so that a slow spell of this shared machine falls on every target alike; prints the
+        medians, and keeps each round's figures for `ratio`."""
+        for url, body in targets.values():  # warm up every path (connections, imports)
             attempt(url, 8, 1, self.script(body, url))
         print(f"\n{title}\n{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}", flush=True)
-        results: dict[tuple[str, int], Figures] = {}
         for c in self.concurrency:
-            for name, url in targets.items():
-                results[(name, c)] = rps, p50, p99 = self.measure(url, c, body)
+            for _ in range(self.runs):
+                for name, (url, body) in targets.items():
+                    self.rounds.setdefault((name, c), []).append(attempt(url, c, self.duration, self.script(body, url)))
+            for name in targets:
+                rps, p50, p99 = _median(self.rounds[(name, c)])
                 print(f"{name:22} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99:>9.0f}", flush=True)
-        return results
+
+    def ratio(self, a: str, b: str, c: int, of: Callable[[Figures, Figures], float]) -> float:
+        """The median over rounds of `of(a's figures, b's)` from the same round (measured a few
+        seconds apart); nan when no round served every call of both."""
+        pairs = [
+            of(x, y) for x, y in zip(self.rounds[(a, c)], self.rounds[(b, c)], strict=True) if x[0] == x[0] == y[0]
+        ]
+        return statistics.median(pairs) if pairs else float("nan")
+
+
+def _median(runs: list[Figures]) -> Figures:
+    # The median of the runs that served every call; nan only when none did (a nan in a median
+    # makes it meaningless, and one run shed on a starved machine said nothing of the others).
+    served = [r for r in runs if r[0] == r[0]] or [NO_FIGURES]
+    return (
+        statistics.median(r[0] for r in served),
+        statistics.median(r[1] for r in served),
+        statistics.median(r[2] for r in served),
+    )
+
+
+def faster(x: Figures, y: Figures) -> float:
+    return x[0] / y[0]
+
+
+def added_p50(x: Figures, y: Figures) -> float:
+    return x[1] - y[1]
 
 
 # ---- the platform, as `make up` runs it -----------------------------------------------------------
@@ -249,18 +265,21 @@ class MadeUp:
     def answered(self) -> str:
         """What the gateway answered so far, by status (its metrics), and the warnings the gateway and
         the monitor logged: a measurement with failed calls then says which they were and why."""
-        url = f"http://127.0.0.1:{self.env['PIER_GATEWAY_METRICS_PORT']}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            page = response.read().decode()
+        base = int(self.env["PIER_GATEWAY_METRICS_PORT"])
+        pages = []
+        for k in range(len(self.pids()["gateway"])):  # gateway process k serves /metrics on base + k
+            with urllib.request.urlopen(f"http://127.0.0.1:{base + k}/metrics", timeout=10) as response:
+                pages.append(response.read().decode())
         statuses: dict[str, int] = {}
-        for line in page.splitlines():
+        for line in "\n".join(pages).splitlines():
             if line.startswith("pier_gateway_requests_total{"):
                 status = line.split('status="', 1)[1].split('"', 1)[0]
                 statuses[status] = statuses.get(status, 0) + int(float(line.rsplit(" ", 1)[1]))
         warnings = [
-            f"    {name}: {line[:200]}"
-            for name in ("gateway", "monitor")
-            for line in (self.home / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
+            f"    {log.stem}: {line[:200]}"
+            for log in sorted((self.home / "logs").glob("*.log"))
+            if log.name.startswith(("gateway", "monitor"))
+            for line in log.read_text(errors="replace").splitlines()
             if '"warning"' in line or '"error"' in line
         ]
         shown = "\n".join(warnings[-6:])
@@ -271,21 +290,22 @@ class MadeUp:
     def instances(self) -> list[processes.PidRecord]:
         return processes.processes_under(self.home / "instances")
 
-    def pids(self) -> dict[str, int]:
-        """The supervisor's children by name: the five services, nats-server and the postmaster."""
+    def pids(self) -> dict[str, list[int]]:
+        """The supervisor's children by name: the five services (each replica; the gateway runs
+        one per CPU), nats-server and the postmaster."""
         assert self.proc is not None
-        found: dict[str, int] = {}
+        found: dict[str, list[int]] = {}
         for pid, (parent, _) in _processes().items():
             if parent != self.proc.pid:
                 continue
             with contextlib.suppress(OSError):
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 if len(argv) > 2 and argv[1] == b"-m" and argv[2].startswith(b"services."):
-                    found[argv[2].decode().removeprefix("services.")] = pid
+                    found.setdefault(argv[2].decode().removeprefix("services."), []).append(pid)
                 elif argv[0].endswith(b"nats-server"):
-                    found["nats-server"] = pid
+                    found.setdefault("nats-server", []).append(pid)
                 elif argv[0].endswith(b"postgres"):
-                    found["postgres"] = pid
+                    found.setdefault("postgres", []).append(pid)
         missing = {"api", "builder", "scheduler", "monitor", "gateway", "nats-server", "postgres"} - set(found)
         if missing:
             raise SystemExit(f"make up runs no {', '.join(sorted(missing))}")
@@ -350,17 +370,17 @@ def _processes() -> dict[int, tuple[int, float]]:
     return out
 
 
-def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds of each named process with its descendants (a descendant that is itself named,
-    as an instance started by the scheduler, counts for its own name only)."""
+def cpu_seconds(roots: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds of each name's processes with their descendants (a descendant that is itself
+    named, as an instance started by the scheduler, counts for its own name only)."""
     table = _processes()
     children: dict[int, list[int]] = {}
     for pid, (parent, _) in table.items():
         children.setdefault(parent, []).append(pid)
-    named = set(roots.values())
+    named = {pid for pids in roots.values() for pid in pids}
     out: dict[str, float] = {}
-    for name, root in roots.items():
-        total, todo = 0.0, [root]
+    for name, pids in roots.items():
+        total, todo = 0.0, list(pids)
         while todo:
             pid = todo.pop()
             total += table.get(pid, (0, 0.0))[1]
@@ -463,7 +483,10 @@ def main() -> None:
         gateway = running.gateway_url
         address, instance_pid, secret = deploy(running, write_code(work / "sum", {"predict.py": MODEL}), "sum")
         bench.headers[f"http://{address}/model"] = {SECRET_HEADER: secret}
-        isolated_targets, _ = stack.enter_context(isolated(work / "isolated"))
+        roots = {"instance": [instance_pid], **running.pids()}
+        gateways = len(roots["gateway"])
+        print(f"the platform runs {gateways} gateway process(es); the isolated path as many", flush=True)
+        isolated_targets, _ = stack.enter_context(isolated(work / "isolated", gateways=gateways))
         ports = {"bare": free_port()}
         write_code(work / "bare", {"bare.py": BARE})
         stack.enter_context(
@@ -472,8 +495,7 @@ def main() -> None:
         )  # fmt: skip
 
         # 1. The sum of 16 floats, and CPU per call at c=64.
-        roots = {"instance": instance_pid, **running.pids()}
-        targets = {
+        urls = {
             "platform gateway": f"{gateway}/models/sum/latest/model",
             "platform direct": f"http://{address}/model",
             "isolated gateway": isolated_targets["a gateway"],
@@ -481,7 +503,8 @@ def main() -> None:
             "flask gunicorn w2": isolated_targets["c flask"],
             "bare handler": f"http://127.0.0.1:{ports['bare']}/model",
         }
-        results = bench.table("the sum of 16 floats", targets)
+        targets = {name: (url, BODY) for name, url in urls.items()}
+        bench.table("the sum of 16 floats", targets)
         top = max(bench.concurrency)
         # What the platform spends with no calls at all (probes, polls, heartbeats), over as long.
         idle_from, idle_began = cpu_seconds(roots), time.monotonic()
@@ -497,7 +520,7 @@ def main() -> None:
 
         last = (0.0, 0.0, 0.0)
         for _ in range(bench.runs):
-            last = attempt(targets["platform gateway"], top, bench.duration, bench.script(BODY))
+            last = attempt(urls["platform gateway"], top, bench.duration, bench.script(BODY))
             if last[0] != last[0]:  # NaN: failed calls, so no count of calls
                 last = (0.0, 0.0, 0.0)
             count()
@@ -521,13 +544,14 @@ def main() -> None:
             print(f"  control plane / (gateway + instance), {label}: {share:.1f} % (target <= 5 %)")
         print(f"  {running.answered()}", flush=True)
 
-        print()
+        print("\nratios: the median over rounds of the two figures of one round")
         for c in bench.concurrency:
-            pg, pd = results[("platform gateway", c)], results[("platform direct", c)]
-            ig, fl = results[("isolated gateway", c)], results[("flask gunicorn w2", c)]
+            flask = bench.ratio("platform gateway", "flask gunicorn w2", c, faster)
+            alone = bench.ratio("platform gateway", "isolated gateway", c, faster)
+            added = bench.ratio("platform gateway", "platform direct", c, added_p50)
             print(
-                f"c={c:<3} platform/flask {pg[0] / fl[0]:.2f}x  platform/isolated {pg[0] / ig[0]:.2f}x"
-                f"  gateway-added p50 (platform gateway - direct) {pg[1] - pd[1]:.0f} us"
+                f"c={c:<3} platform/flask {flask:.2f}x  platform/isolated {alone:.2f}x"
+                f"  gateway-added p50 (platform gateway - direct) {added:.0f} us"
             )
 
         # 2. Iris: Pier vs BentoML vs Flask.
@@ -556,18 +580,9 @@ def main() -> None:
             wait_for_port(ports["bentoml"], bento, "bentoml serve", timeout=120)
             _until_ready(f"http://127.0.0.1:{ports['bentoml']}/readyz", bento)
             iris["bentoml"] = (f"http://127.0.0.1:{ports['bentoml']}/predict", json.dumps({"rows": IRIS_ROW}))
-        print("\nthe iris classifier (one row)")
-        print(f"{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}")
-        iris_results: dict[tuple[str, int], Figures] = {}
-        for url, body in iris.values():
-            attempt(url, 8, 1, bench.script(body))
-        for c in bench.concurrency:
-            for name, (url, body) in iris.items():
-                iris_results[(name, c)] = rps, p50, p99_ = bench.measure(url, c, body)
-                print(f"{name:22} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99_:>9.0f}", flush=True)
+        bench.table("the iris classifier (one row)", iris)
         for peer in [name for name in iris if name != "pier"]:
-            ratio = iris_results[("pier", top)][0] / iris_results[(peer, top)][0]
-            print(f"pier / {peer} at c={top}: {ratio:.2f}x")
+            print(f"pier / {peer} at c={top}: {bench.ratio('pier', peer, top, faster):.2f}x")
 
         # 3. Overload isolation.
         deploy(running, write_code(work / "flood", {"predict.py": SLOW.format(seconds=0.05)}), "flood")

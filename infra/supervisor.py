@@ -37,6 +37,7 @@ from services.scheduler.runtimes.local import instances_root, stop_all
 SERVICES = ("api", "builder", "scheduler", "monitor", "gateway")
 # PIER_REPLICAS runs this many of each service at most: a trial of the replicated shape on one machine.
 MAX_REPLICAS = 8
+MAX_GATEWAYS = 32
 # Each stage of a stop waits this long before it escalates to SIGKILL.
 SERVICE_STOP_TIMEOUT = 4.0
 INSTANCE_STOP_TIMEOUT = 3.0
@@ -97,7 +98,7 @@ class Platform:
         self.services: dict[str, Service] = {}
         for name in SERVICES:
             own = {**env, **self._credentials_env(name), **(admin if name == "api" else {})}
-            for replica in range(1, settings.replicas + 1):
+            for replica in range(1, _count(settings, name) + 1):
                 service = Service(name, replica, {**own, **_replica_env(settings, name, replica)}, self.log_dir)
                 self.services[service.name] = service
 
@@ -215,8 +216,13 @@ def _replica_env(settings: Settings, service: str, replica: int) -> dict[str, st
     return {"PIER_GATEWAY_METRICS_PORT": str(_gateway_metrics_ports(settings)[replica - 1])}
 
 
+def _count(settings: Settings, service: str) -> int:
+    """Processes of `service`: PIER_REPLICAS of each, and the gateway one per core besides."""
+    return config.gateway_processes(settings) if service == "gateway" else settings.replicas
+
+
 def _gateway_metrics_ports(settings: Settings) -> list[int]:
-    return [settings.gateway_metrics_port + k for k in range(settings.replicas)]
+    return [settings.gateway_metrics_port + k for k in range(config.gateway_processes(settings))]
 
 
 def _check_ports(settings: Settings, nats_port: int, pg_port: int) -> None:
@@ -224,6 +230,11 @@ def _check_ports(settings: Settings, nats_port: int, pg_port: int) -> None:
     talk to whatever holds it."""
     if not 1 <= settings.replicas <= MAX_REPLICAS:
         raise StartFailed(f"PIER_REPLICAS must be between 1 and {MAX_REPLICAS}, not {settings.replicas}")
+    if not 0 <= settings.gateway_processes <= MAX_GATEWAYS:
+        raise StartFailed(
+            f"PIER_GATEWAY_PROCESSES must be between 0 (one per CPU) and {MAX_GATEWAYS},"
+            f" not {settings.gateway_processes}"
+        )
     metrics = [
         (settings.gateway_metrics_host, port, "PIER_GATEWAY_METRICS_PORT") for port in _gateway_metrics_ports(settings)
     ]
@@ -319,7 +330,8 @@ async def up() -> None:
         if settings.replicas > 1:
             _say(f"replicas:          {settings.replicas} of each service (one scheduler leads)")
         _say(f"management api:    {settings.api_url}")
-        _say(f"gateway:           {settings.gateway_url}")
+        gateways = config.gateway_processes(settings)
+        _say(f"gateway:           {settings.gateway_url}" + (f" ({gateways} processes)" if gateways > 1 else ""))
         _say(f"admin token:       in {run.credentials_path} (the pier CLI reads it)")
         _say(f"service logs:      {run.platform.log_dir}/")
         _say("press Ctrl-C to stop")

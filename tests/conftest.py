@@ -74,4 +74,7 @@ def settings(postgres: PostgresServer, nats_server: NatsServer, tmp_path: Path) 
         nats_url=nats_server.url,
         database_url=f"postgresql://{DATABASE_ROLE}:{_ROLE_PASSWORD}@127.0.0.1:{postgres.port}/{database}",
         ack_wait=2.0,
+        # One gateway, whatever the machine's cores: tests that read its /metrics see every call.
+        # Several share a port under `make up` (tests/e2e/test_replicas.py, test_supervisor.py).
+        gateway_processes=1,
     )

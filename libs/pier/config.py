@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 import msgspec
 
+# The most gateway processes PIER_GATEWAY_PROCESSES=0 runs: past a few, a machine's cores are better
+# left to the instances behind them.
+AUTO_GATEWAYS = 4
+
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     home: Path = Path(".pier")
@@ -69,8 +73,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     http_connect_timeout: float = 5.0
     # Log batching: the scheduler ships instance logs in one message per up to this many lines or
     # this many seconds, whichever comes first (docs/logs.md).
-    log_batch_lines: int = 1000
-    log_batch_wait: float = 0.2
+    log_batch_lines: int = 4000
+    log_batch_wait: float = 0.5
     # Secrets out of process environments: a file holding the admin token, read by the api at start
     # (`make up` writes PIER_HOME/secrets/admin.token, 0600); when set, PIER_ADMIN_TOKEN is not used.
     admin_token_file: str = ""
@@ -89,6 +93,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # replicas share their ports (SO_REUSEPORT), gateway replica k serves /metrics on the metrics
     # port + k - 1, and one scheduler leads while the others stand by.
     replicas: int = 1
+    # Gateway processes `make up` runs on the gateway's port (SO_REUSEPORT): 0 is one per CPU this
+    # process may use, at most 4 (one process uses one core; docs/performance.md), and never fewer
+    # than `replicas`. Resolved by gateway_processes() below.
+    gateway_processes: int = 0
     # The runtime driver (docs/kubernetes.md): `local` runs instances as processes on this host;
     # `kubernetes` runs each model API version as a Deployment and a Service in kube_namespace, through
     # the API server at kube_api (empty: in-cluster config, else ~/.kube/config), with pods of
@@ -180,6 +188,13 @@ def load(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
     except msgspec.ValidationError as exc:
         raise SystemExit(f"invalid setting: {exc} (from PIER_* environment variables)") from None
     return msgspec.structs.replace(settings, home=settings.home.absolute())
+
+
+def gateway_processes(settings: Settings) -> int:
+    """How many gateway processes run: PIER_GATEWAY_PROCESSES, else one per usable CPU up to
+    AUTO_GATEWAYS; at least PIER_REPLICAS."""
+    wanted = settings.gateway_processes or min(len(os.sched_getaffinity(0)), AUTO_GATEWAYS)
+    return max(wanted, settings.replicas)
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import structlog
 
-from pier import metrics, telemetry
+from pier import config, metrics, telemetry
 from pier.bus import Bus
 from pier.config import Settings
 from pier.events import INSTANCES_BUCKET, KEYS_BUCKET, ROUTES_BUCKET, TOKENS_BUCKET, RouteRecord
@@ -429,7 +429,9 @@ async def running(settings: Settings, bus: Bus) -> AsyncIterator[Gateway]:
         )
         metrics_server = Server(gateway.metrics_page, gateway.refused, max_body=0)
         try:
-            await server.listen_tcp(settings.gateway_host, settings.gateway_port, reuse_port=settings.replicas > 1)
+            await server.listen_tcp(
+                settings.gateway_host, settings.gateway_port, reuse_port=config.gateway_processes(settings) > 1
+            )
             gateway.metrics_port = await metrics_server.listen_tcp(
                 settings.gateway_metrics_host, settings.gateway_metrics_port
             )

@@ -12,6 +12,8 @@ no losses, even when the batch read again is not cut where the first one was.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -121,17 +123,17 @@ class LogShipper:
             return 0
         start = instance.offset
         data = await asyncio.to_thread(_read, path, start)
-        lines, consumed = _split(data, final=instance.finished and start + len(data) >= size)
+        texts, starts = _split(data, final=instance.finished and start + len(data) >= size)
         sent = 0
-        for first, last in _groups(lines, self.batch_lines):
+        for first, last in _groups(starts, self.batch_lines):
             batch = events.LogBatch(
                 at=time.time(),
                 kind="instance",
-                lines=[text for _, text in lines[first:last]],
+                lines=texts[first:last],
                 version=instance.version,
                 instance_id=instance.instance_id,
-                offset=start + lines[first][0],
-                end=start + (lines[last][0] if last < len(lines) else consumed),
+                offset=start + starts[first],
+                end=start + starts[last],
             )
             ack = await self.bus.publish_raw(
                 events.logs_subject(instance.model_id, "instance"),
@@ -179,17 +181,17 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _groups(lines: list[tuple[int, str]], most: int) -> list[tuple[int, int]]:
-    """`lines` cut into [first, last) runs of at most `most` lines and about MAX_BATCH_BYTES of text."""
+def _groups(starts: list[int], most: int) -> list[tuple[int, int]]:
+    """The lines (starting at `starts`, the last entry where the last one ends) cut into
+    [first, last) runs of at most `most` lines and about MAX_BATCH_BYTES (at least one line each)."""
     groups: list[tuple[int, int]] = []
-    first, size = 0, 0
-    for n, (_, text) in enumerate(lines):
-        if n > first and (n - first >= most or size + len(text) > MAX_BATCH_BYTES):
-            groups.append((first, n))
-            first, size = n, 0
-        size += len(text) + 1
-    if first < len(lines):
-        groups.append((first, len(lines)))
+    first, count = 0, len(starts) - 1
+    while first < count:
+        # The first line that would end past the byte budget, by bisection: no loop per line.
+        over = bisect.bisect_right(starts, starts[first] + MAX_BATCH_BYTES, first + 1) - 1
+        last = max(first + 1, min(first + most, over, count))
+        groups.append((first, last))
+        first = last
     return groups
 
 
@@ -203,10 +205,37 @@ def _read(path: Path, offset: int) -> bytes:
         return b""
 
 
-def _split(data: bytes, *, final: bool) -> tuple[list[tuple[int, str]], int]:
-    """Complete lines of `data` as (byte offset, text), and how many bytes they cover. A trailing
-    partial line waits for its end, unless the process is gone (`final`) or it is over MAX_LINE."""
-    lines: list[tuple[int, str]] = []
+def _split(data: bytes, *, final: bool) -> tuple[list[str], list[int]]:
+    """The complete lines of `data` as text, and the byte offset where each starts, with one more
+    entry: where the last one ends (the bytes they cover). A trailing partial line waits for its
+    end, unless the process is gone (`final`) or it is over MAX_LINE.
+
+    A busy instance writes thousands of lines a second: they are cut and decoded a chunk at a time
+    (`bytes.split`, one decode), not line by line, unless a line is over MAX_LINE or a partial one
+    is due (`_split_each`, which gives the same answer)."""
+    end = data.rfind(b"\n") + 1
+    rest = len(data) - end
+    if rest and (final or rest >= MAX_LINE):
+        return _split_each(data, final=final)
+    if not end:
+        return [], [0]
+    whole = data[: end - 1]
+    lengths = [len(line) + 1 for line in whole.split(b"\n")]
+    if max(lengths) > MAX_LINE + 1:
+        return _split_each(data, final=final)
+    # A newline is never part of a UTF-8 sequence, so decoding the lines together replaces exactly
+    # what decoding each would.
+    text = whole.decode(errors="replace")
+    texts = text.split("\n")
+    if "\r" in text:
+        texts = [line.rstrip("\r") for line in texts]
+    return texts, [0, *itertools.accumulate(lengths)]
+
+
+def _split_each(data: bytes, *, final: bool) -> tuple[list[str], list[int]]:
+    """`_split`, a line at a time: cuts lines over MAX_LINE and takes a due partial one."""
+    texts: list[str] = []
+    starts: list[int] = []
     pos = 0
     while pos < len(data):
         end = data.find(b"\n", pos)
@@ -222,6 +251,8 @@ def _split(data: bytes, *, final: bool) -> tuple[list[tuple[int, str]], int]:
                 text, nxt = data[pos:end], end
             else:
                 text, nxt = data[pos:end], end + 1
-        lines.append((pos, text.rstrip(b"\r").decode(errors="replace")))
+        starts.append(pos)
+        texts.append(text.rstrip(b"\r").decode(errors="replace"))
         pos = nxt
-    return lines, pos
+    starts.append(pos)
+    return texts, starts

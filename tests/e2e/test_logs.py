@@ -103,7 +103,7 @@ async def test_pier_logs_prints_instance_build_and_deployment_logs_newest_first(
     assert ready < started < placed < built < building
 
 
-async def test_a_follower_sees_a_new_line_within_a_second(platform: Platform, tmp_path: Path) -> None:
+async def test_a_follower_sees_a_new_line_within_two_seconds(platform: Platform, tmp_path: Path) -> None:
     client = _deploy(platform, tmp_path, "live")
     client.predict("live", data={"n": 1})
     await until(lambda: _calls_logged(client, "live", 1), within=30, every=0.1)
@@ -120,7 +120,9 @@ async def test_a_follower_sees_a_new_line_within_a_second(platform: Platform, tm
     try:
         next_line_with("call 1", within=30)  # the backlog: the follower is connected
         client.predict("live", data={"n": 2})
-        assert next_line_with("call 2", within=1.0).rstrip().endswith("call 2")
+        # Shipped within a round (PIER_LOG_BATCH_WAIT, 0.5 s), folded, polled (0.2 s): about a
+        # second at worst, with room for a loaded machine.
+        assert next_line_with("call 2", within=2.0).rstrip().endswith("call 2")
     finally:
         follower.terminate()
         follower.wait(timeout=10)

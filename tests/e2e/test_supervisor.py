@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -424,3 +425,33 @@ def test_a_home_with_a_comma_and_a_long_path_starts_and_serves(tmp_path: Path) -
         up.assert_nothing_left()
     finally:
         up.kill_all()
+
+
+def test_make_up_runs_the_gateway_processes_asked_for_on_one_port_and_each_counts_its_own_calls(
+    make_up: MakeUp,
+) -> None:
+    make_up.env["PIER_GATEWAY_PROCESSES"] = "3"
+    proc = make_up.start()
+    assert "(3 processes)" in make_up.output(), make_up.output()
+    gateways = [
+        pid for pid in _platform_pids(make_up.home) if b"services.gateway" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(gateways) == 3, _describe(set(gateways))
+    make_up.deploy_hello()
+    url = make_up.client().gateway_url + "/models/hello/latest/model"
+    for _ in range(30):  # a connection each: the kernel spreads connections, not requests
+        request = urllib.request.Request(url, data=b'{"data": {"name": "Ada"}}', method="POST")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+    counted = []
+    base = int(make_up.env["PIER_GATEWAY_METRICS_PORT"])
+    for port in (base, base + 1, base + 2):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            lines = page.read().decode().splitlines()
+        counted.append(sum(float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith("pier_gateway_requests_total{")))
+    assert sum(counted) == 30, counted
+    assert sum(1 for n in counted if n) >= 2, f"calls per gateway process: {counted}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert make_up.stopped_within_bound() == 0
+    make_up.assert_nothing_left()

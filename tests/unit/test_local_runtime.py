@@ -62,12 +62,10 @@ def test_exit_describes_status_and_signal() -> None:
 
 
 def test_split_keeps_a_partial_line_until_it_ends_or_the_process_is_gone() -> None:
-    lines, used = _split(b"one\r\ntwo\npart", final=False)
-    assert lines == [(0, "one"), (5, "two")] and used == 9
-    lines, used = _split(b"one\r\ntwo\npart", final=True)
-    assert lines[-1] == (9, "part") and used == 13
+    assert _split(b"one\r\ntwo\npart", final=False) == (["one", "two"], [0, 5, 9])
+    assert _split(b"one\r\ntwo\npart", final=True) == (["one", "two", "part"], [0, 5, 9, 13])
 
 
 def test_split_cuts_an_endless_line() -> None:
-    lines, used = _split(b"x" * (MAX_LINE + 10), final=False)
-    assert [offset for offset, _ in lines] == [0] and used == MAX_LINE
+    texts, starts = _split(b"x" * (MAX_LINE + 10), final=False)
+    assert len(texts) == 1 and starts == [0, MAX_LINE]
