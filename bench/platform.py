@@ -162,7 +162,7 @@ class Bench:
         medians and returns each round's figures (for `ratio`)."""
         for url, body in targets.values():  # warm up every path (connections, imports)
             attempt(url, 8, 1, self.script(body, url))
-        print(f"\n{title}\n{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}", flush=True)
+        print(f"\n{title}\n{'':22} {'c':>3} {'req/s':>9} {'p50 us':>9} {'p99 us':>9}   req/s of each round", flush=True)
         rounds: Rounds = {}
         for c in self.concurrency:
             for _ in range(self.runs):
@@ -170,7 +170,8 @@ class Bench:
                     rounds.setdefault((name, c), []).append(attempt(url, c, self.duration, self.script(body, url)))
             for name in targets:
                 rps, p50, p99 = _median(rounds[(name, c)])
-                print(f"{name:22} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99:>9.0f}", flush=True)
+                each = " ".join(f"{r[0]:.0f}" for r in rounds[(name, c)])
+                print(f"{name:22} {c:>3} {rps:>9.0f} {p50:>9.0f} {p99:>9.0f}   {each}", flush=True)
         return rounds
 
 
@@ -338,7 +339,8 @@ def deploy(made_up: MadeUp, code: Path, name: str) -> tuple[str, int, str]:
     """`pier deploy` as a user runs it; the instance's address, pid and secret once it serves."""
     done = made_up.pier("deploy", str(code), "--name", name, "--instances", "1", "--unrestricted")
     if done.returncode:
-        raise SystemExit(f"pier deploy {name} failed:\n{done.stdout}{done.stderr}")
+        said = made_up.log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"pier deploy {name} failed:\n{done.stdout}{done.stderr}\nmake up said:\n{said}")
     client = Client(api_url=made_up.api_url, gateway_url=made_up.gateway_url, token=made_up.token)
     instance = client.model(name)["running_instances"][0]
     handle = json.loads((made_up.home / "instances" / instance["instance_id"] / "pid").read_text())

@@ -39,6 +39,14 @@ MAX_PER_WORKER = 64
 INITIAL_SERVICE_TIME = 0.05
 
 
+def _per_worker(service_time: float) -> int:
+    """Calls sent at once per worker of a version's instances: 1 for slow functions."""
+    return min(MAX_PER_WORKER, 1 + int(PIPELINE_BUDGET / max(service_time, 1e-6)))
+
+
+INITIAL_DEPTH = _per_worker(INITIAL_SERVICE_TIME)
+
+
 class _Waited(Exception):
     """A queued call's wait reached the queue timeout."""
 
@@ -84,22 +92,19 @@ class Balancer:
         self.queue_timeout = queue_timeout
         self.in_flight: dict[str, int] = {}
         self._groups: dict[Key, _Group] = {}
-        # Seconds a call keeps a worker busy (see `release`), a moving average per version.
+        # Seconds a call keeps a worker busy (see `release`), a moving average per version, and the
+        # calls per worker it lets through (`_per_worker`), worked out when it changes, not per call.
         self._service: dict[Key, float] = {}
+        self._depth: dict[Key, int] = {}
         self._turn = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         table.on_ready_change = self._ready_changed
 
     # ---- choosing ----------------------------------------------------------------------------
 
-    def _per_worker(self, key: Key) -> int:
-        """Calls sent at once per worker of the version's instances: 1 for slow functions."""
-        service_time = self._service.get(key, INITIAL_SERVICE_TIME)
-        return min(MAX_PER_WORKER, 1 + int(PIPELINE_BUDGET / max(service_time, 1e-6)))
-
     def _pick(self, key: Key, exclude: Container[str]) -> InstanceRecord | None:
         """The ready instance with a free slot and the fewest calls in flight (ties rotate)."""
-        per_worker = self._per_worker(key)
+        per_worker = self._depth.get(key, INITIAL_DEPTH)
         best: InstanceRecord | None = None
         fewest = 0
         ties = 0
@@ -188,7 +193,8 @@ class Balancer:
             # state); workers serve them side by side.
             per_call = elapsed * max(instance.workers, 1) / sharing
             service_time = self._service.get(key, INITIAL_SERVICE_TIME)
-            self._service[key] = service_time + 0.2 * (per_call - service_time)
+            self._service[key] = service_time = service_time + 0.2 * (per_call - service_time)
+            self._depth[key] = _per_worker(service_time)
         group = self._groups.get(key)
         if group is not None:
             self._dispatch(key, group)
@@ -209,7 +215,7 @@ class Balancer:
             group.queue.popleft()
             self.in_flight[instance.instance_id] = self.in_flight.get(instance.instance_id, 0) + 1
             waiter.future.set_result(instance)
-        if not group.queue and not any(self.in_flight.get(i.instance_id) for i in self.table.ready(*key)):
+        if not group.queue:  # no one waits: a queue is made again when a call must wait
             self._groups.pop(key, None)
 
     def _ready_changed(self, model_id: str, version: int) -> None:

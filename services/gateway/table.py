@@ -7,7 +7,7 @@ watches of `pier_routes`, `pier_instances`, `pier_tokens` and `pier_keys` keep c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import msgspec
 import structlog
@@ -55,9 +55,11 @@ class Table:
             record = self.routes.get(model_id) if model_id else None
         return record
 
-    def ready(self, model_id: str, version: int) -> list[InstanceRecord]:
+    def ready(self, model_id: str, version: int) -> Collection[InstanceRecord]:
+        """The version's ready instances, as they are now: a view, not a copy (it is read on every
+        call); nothing changes them while a caller iterates, as changes come from other tasks."""
         instances = self._ready.get((model_id, version))
-        return list(instances.values()) if instances else []
+        return instances.values() if instances else ()
 
     def has_ready(self, model_id: str, version: int) -> bool:
         return bool(self._ready.get((model_id, version)))

@@ -173,7 +173,7 @@ async def test_a_thousand_calls_travel_in_a_handful_of_log_messages_and_all_are_
     settings: Settings, tmp_path: Path
 ) -> None:
     # A window longer than the calls take, so the count says how lines are batched, not how fast
-    # this machine is; with the default 0.2 s the same lines go in about (duration / 0.2 s) messages.
+    # this machine is; with the default 0.5 s the same lines go in about (duration / 0.5 s) messages.
     async with running_platform(msgspec.structs.replace(settings, log_batch_wait=2.0)) as platform:
         code = tmp_path / "quiet"
         code.mkdir()
