@@ -45,8 +45,10 @@ import aiohttp
 
 from bench.gateway import BODY, LUA, MODEL, flask_command, isolated, process, wrk
 from infra import processes
-from infra.embedded import free_port, wait_for_port
+from infra.embedded import free_port, free_ports, wait_for_port
+from infra.supervisor import READY
 from pier.client import Client
+from pier.config import AUTO_GATEWAYS
 from pier.http import SECRET_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +221,7 @@ class MadeUp:
             "PIER_HOME": str(home),
             "PIER_API_PORT": str(free_port()),
             "PIER_GATEWAY_PORT": str(free_port()),
-            "PIER_GATEWAY_METRICS_PORT": str(free_port()),
+            "PIER_GATEWAY_METRICS_PORT": str(free_ports(AUTO_GATEWAYS)),  # one per gateway process
             "PIER_NATS_URL": f"nats://127.0.0.1:{free_port()}",
             "PIER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/pier",
             "PIER_LOG_LEVEL": "warning",
@@ -238,7 +240,7 @@ class MadeUp:
                 start_new_session=True,
             )
         deadline = time.monotonic() + READY_WITHIN
-        while "ready in" not in self.log.read_text(errors="replace"):
+        while READY not in self.log.read_text(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"make up did not get ready:\n{self.log.read_text(errors='replace')[-4000:]}")
             time.sleep(0.2)

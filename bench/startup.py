@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.embedded import free_port
+from infra.supervisor import READY
 
 ROOT = Path(__file__).parent.parent
 
@@ -45,7 +46,7 @@ def _start(env: dict[str, str]) -> tuple[subprocess.Popen[str], float]:
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        if "ready in" in line:
+        if READY in line:
             return proc, time.perf_counter() - started
     raise RuntimeError("the platform did not become ready")
 

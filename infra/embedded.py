@@ -42,6 +42,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports: for a setting that is a base port with more
+    after it, as PIER_GATEWAY_METRICS_PORT is (gateway process k serves on base + k - 1)."""
+    while True:
+        base = free_port()
+        if base + count <= 65536 and not any(port_taken(base + k) for k in range(1, count)):
+            return base
+
+
 def port_taken(port: int, host: str = "127.0.0.1") -> bool:
     """Whether something listens on `port` already. SO_REUSEADDR makes connections lingering in
     TIME_WAIT (ours, from a previous run) not count: only a listener does."""

@@ -43,6 +43,11 @@ SERVICE_STOP_TIMEOUT = 4.0
 INSTANCE_STOP_TIMEOUT = 3.0
 
 
+# The line `make up` prints once every service answers, as scripts wait for it: whole, since
+# "ready in" alone is also in "port ... is already in use".
+READY = "pier | ready in "
+
+
 def _say(text: str) -> None:
     print(f"pier | {text}", flush=True)
 

@@ -24,10 +24,12 @@ import nats
 import nats.errors
 import pytest
 
-from infra.embedded import PostgresServer, free_port
+from infra.embedded import PostgresServer, free_port, free_ports
 from infra.processes import processes_under
+from infra.supervisor import READY
 from pier import events
 from pier.client import ApiError, Client
+from pier.config import AUTO_GATEWAYS
 
 from .conftest import EXAMPLES
 
@@ -77,7 +79,8 @@ class MakeUp:
             "PIER_HOME": str(self.home),
             "PIER_API_PORT": str(free_port()),
             "PIER_GATEWAY_PORT": str(free_port()),
-            "PIER_GATEWAY_METRICS_PORT": str(free_port()),
+            # A port per gateway process from this one on: one per CPU, up to AUTO_GATEWAYS.
+            "PIER_GATEWAY_METRICS_PORT": str(free_ports(AUTO_GATEWAYS)),
             "PIER_NATS_URL": f"nats://127.0.0.1:{free_port()}",
             "PIER_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/pier",
             "PIER_ACK_WAIT": "3",
@@ -103,7 +106,7 @@ class MakeUp:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"make up exited with {self.proc.returncode}:\n{self.output()}")
-        return "ready in" in self.output()
+        return READY in self.output()
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from pier.cli.command import add
-from pier.cli.following import stop_following
+from pier.cli.following import ctrl_c_ends
 from pier.cli.usage import UsageError
 from pier.client import Client
 from pier.client.answers import Event
@@ -42,11 +42,9 @@ def cmd_events(client: Client, args: argparse.Namespace) -> int:
         _print(event, args.json)
     if args.follow:
         last = page["events"][0]["id"] if page["events"] else None
-        try:
+        with ctrl_c_ends():
             for event in client.follow_events(args.name, last_event_id=last):
                 _print(event, args.json)
-        except KeyboardInterrupt:
-            stop_following()
     return 0
 
 

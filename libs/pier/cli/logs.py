@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from pier.cli.command import add
-from pier.cli.following import stop_following
+from pier.cli.following import ctrl_c_ends
 from pier.client import Client
 from pier.client.answers import LogLine
 
@@ -25,11 +25,9 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     kind = "build" if args.build else "deployment" if args.deployment else "instance"
     query = {"kind": kind, "version": args.version, "instance": args.instance, "limit": args.limit}
     if args.follow:
-        try:
+        with ctrl_c_ends():
             for line in client.follow_logs(args.name, **query):
                 print(json.dumps(line) if args.json else _show(line), flush=True)
-        except KeyboardInterrupt:
-            stop_following()
         return 0
     page = client.logs(args.name, **query)
     for line in page["lines"]:
