@@ -23,7 +23,8 @@ from .test_supervisor import MakeUp, _platform_pids, _until
 @pytest.fixture
 def two_of_each(tmp_path: Path) -> Iterator[MakeUp]:
     up = MakeUp(tmp_path)
-    up.env.update({"PIER_REPLICAS": "2", "PIER_GPUS": "a100:2"})
+    # Two gateways too, however many CPUs the machine has (make up runs one per CPU, up to 4).
+    up.env.update({"PIER_REPLICAS": "2", "PIER_GATEWAY_PROCESSES": "2", "PIER_GPUS": "a100:2"})
     try:
         yield up
     finally:
