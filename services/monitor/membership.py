@@ -1,7 +1,10 @@
 """Several monitor replicas share the instances: each probes only those it owns.
 
 Every replica puts its id in the `pier_monitors` bucket once a second; the bucket forgets a key
-after TTL seconds without a put, so a replica that dies drops out within TTL. Ownership is
+after TTL seconds without a put, so a replica that dies drops out within TTL. The live ids are read
+from the bucket's stream info (its subjects), one request: `KeyValue.keys()` made a consumer on
+every beat, and the ephemeral consumers it left for nats-server to expire cost nats-server more CPU
+at rest than anything else (docs/performance.md). Ownership is
 rendezvous hashing over the live ids: every replica computes the same owner for an instance from
 the same member list, and when a replica goes only its instances move.
 """
@@ -14,7 +17,6 @@ import hashlib
 import time
 import uuid
 
-import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
@@ -25,6 +27,8 @@ log = structlog.get_logger("monitor.membership")
 
 BEAT = 1.0
 TTL = 3.0
+_STREAM = f"KV_{MONITORS_BUCKET}"
+_PREFIX = f"$KV.{MONITORS_BUCKET}."
 
 
 def owner(members: set[str], instance_id: str) -> str:
@@ -52,10 +56,8 @@ class Membership:
     async def refresh(self) -> None:
         assert self._kv is not None
         await self._kv.put(self.id, str(time.time()).encode())
-        try:
-            keys = set(await self._kv.keys())
-        except nats.js.errors.NoKeysError:
-            keys = set()
+        info = await self.bus.js.stream_info(_STREAM, subjects_filter=f"{_PREFIX}>")
+        keys = {subject.removeprefix(_PREFIX) for subject in info.state.subjects or {}}
         if keys | {self.id} != self.members:
             log.info("monitor replicas changed", members=sorted(keys | {self.id}))
         self.members = keys | {self.id}
@@ -73,4 +75,5 @@ class Membership:
         """Step out at once on a clean stop, so the others take over without waiting for the TTL."""
         if self._kv is not None:
             with contextlib.suppress(Exception):
-                await self._kv.delete(self.id)
+                # Purged, not deleted: a delete leaves a marker, which the stream info lists as a key.
+                await self.bus.js.purge_stream(_STREAM, subject=f"{_PREFIX}{self.id}")

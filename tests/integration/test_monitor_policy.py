@@ -129,3 +129,17 @@ async def test_monitor_replicas_split_the_instances_and_take_over_from_one_that_
     await two.leave()
     await one.refresh()
     assert all(one.owns(i) for i in instances)
+
+
+async def test_membership_beats_leave_no_consumers_for_nats_to_keep(b: Bus) -> None:
+    # KeyValue.keys() made an ephemeral consumer on every beat, which nats-server kept until it
+    # expired: at rest, the costliest thing nats-server did.
+    one, two = Membership(b, "one"), Membership(b, "two")
+    await one.join()
+    await two.join()
+    for _ in range(3):
+        await one.refresh()
+        await two.refresh()
+    assert one.members == two.members == {"one", "two"}
+    info = await b.js.stream_info("KV_pier_monitors")
+    assert info.state.consumer_count == 0
