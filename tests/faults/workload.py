@@ -48,6 +48,7 @@ class Op:
     asked: float
     done: float | None = None
     outcome: str = ""
+    version: int | None = None  # a deploy's version number, once the api has answered
 
 
 @dataclass
@@ -192,6 +193,7 @@ class Workload:
             self.tally.ops.append(op)
             version = await self._ask(lambda: self.client.create_version(DEPLOYED, self._code), op)
             if version is not None:
+                op.version = version
                 await self._settle(op, lambda version=version: self._version_finished(version))
 
     async def _cycler(self) -> None:
